@@ -1,0 +1,282 @@
+"""The agent: the state commands act on, its listeners, and its lifecycle.
+
+``Agent.run`` binds the RPC listener(s) (TCP, unix or memory, per ``rpc_addr``) plus an
+in-process listener, serves every connection in a nursery it owns, and returns after
+``shutdown()``: listeners close first, the log ends (monitors drain their queues), every
+connection drains its queued replies under a deadline, then the rest is cancelled.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import signal
+import socket
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, TextIO
+
+import trio
+
+from .transports import (
+    DEFAULT_NETWORK,
+    Address,
+    MemoryListener,
+    MemoryNetwork,
+    open_listeners,
+    parse_address,
+)
+
+from . import build_info
+from .commands import AgentCommands
+from .config import RELOADABLE, AgentConfig, ConfigError, changed_settings, load_config
+from .logs import LogHub, LogSubscription, parse_level
+from .membership.pool import LocalPool, MembershipPool
+from .protocol.bodies import IPAddress, Member
+from .rpc_connection import AsyncHandler, EngineLimits, InstantHandler, RPCConnection, RPCStats
+
+
+def limits_from(config: AgentConfig) -> EngineLimits:
+    return EngineLimits(
+        max_frame_size=config.max_frame_size,
+        handshake_timeout=config.handshake_timeout,
+        send_queue=config.send_queue_size,
+        monitor_queue=config.monitor_queue_size,
+        drain_timeout=config.drain_timeout,
+    )
+
+
+def _resolve_ip(host: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host))
+    except OSError:
+        return ipaddress.IPv4Address("127.0.0.1")
+
+
+def local_tags(config: AgentConfig) -> dict[str, str]:
+    """The tags that say what this agent is (role, datacenter, build, versions, server port)."""
+    tags = {
+        "role": "consul" if config.server else "node",
+        "dc": config.datacenter,
+        "build": build_info.BUILD_TAG,
+        "vsn": "2",
+        "vsn_min": "1",
+        "vsn_max": "3",
+    }
+    if config.server:
+        tags["port"] = str(parse_address(config.server_addr).port)
+    return tags
+
+
+def local_member(config: AgentConfig, *, wan: bool) -> Member:
+    address = parse_address(config.serf_wan_addr if wan else config.serf_lan_addr)
+    return Member(
+        name=f"{config.node_name}.{config.datacenter}" if wan else config.node_name,
+        addr=_resolve_ip(address.host),
+        port=address.port,
+        tags=local_tags(config),
+        protocol_min=build_info.PROTOCOL_MIN,
+        protocol_max=build_info.PROTOCOL_MAX,
+        protocol_cur=build_info.PROTOCOL_CUR,
+        delegate_min=build_info.DELEGATE_MIN,
+        delegate_max=build_info.DELEGATE_MAX,
+        delegate_cur=build_info.DELEGATE_CUR,
+    )
+
+
+class Agent:
+    """One agent: config, log, pools, RPC listeners and connections."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        log_sink: TextIO | None = None,
+        network: MemoryNetwork = DEFAULT_NETWORK,
+    ) -> None:
+        self.config = config
+        self._overrides = dict(overrides or {})
+        self._network = network
+        self.hub = LogHub(parse_level(config.log_level), sink=log_sink)
+        self.log = self.hub.logger("agent")
+        self.rpc_log = self.hub.logger("agent.rpc")
+        self.lan: MembershipPool = LocalPool("lan", local_member(config, wan=False))
+        self.wan: MembershipPool | None = (
+            LocalPool("wan", local_member(config, wan=True)) if config.server else None
+        )
+        self.rpc_stats = RPCStats()
+        self.limits = limits_from(config)
+        self._commands = AgentCommands(self)
+        self.started_at = 0.0
+        self.rpc_addresses: list[Address] = []
+        self._in_process = MemoryListener("in-process")
+        self._connections: set[RPCConnection] = set()
+        self._shutdown_requested = trio.Event()
+        self._stopped = trio.Event()
+
+    # ---------------------------------------------------------------- RPCServices
+
+    @property
+    def instant_commands(self) -> Mapping[str, InstantHandler]:
+        return self._commands.instant
+
+    @property
+    def async_commands(self) -> Mapping[str, AsyncHandler]:
+        return self._commands.async_
+
+    def subscribe_log(self, min_level: int, queue_size: int) -> LogSubscription:
+        return self.hub.subscribe(min_level, queue_size)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def run(
+        self,
+        *,
+        handle_signals: bool = False,
+        task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until :meth:`shutdown`; ``task_status.started`` fires once listening."""
+        config = self.config
+        self.started_at = trio.current_time()
+        bound = await open_listeners(parse_address(config.rpc_addr), network=self._network)
+        listeners: list[trio.abc.Listener[trio.abc.Stream]] = [self._in_process]
+        for listener, address in bound:
+            listeners.append(listener)
+            self.rpc_addresses.append(address)
+            self.rpc_log.info(f"RPC listening on {address}")
+        if not all(address.is_loopback for address in self.rpc_addresses):
+            self.rpc_log.warn(
+                "the RPC port is bound to a non-loopback address: anyone who can reach it "
+                "can control this agent"
+            )
+        self.log.info(
+            f"agent started: node {config.node_name!r}, datacenter {config.datacenter!r}, "
+            f"{'server' if config.server else 'client'} mode, version {build_info.VERSION}"
+        )
+        try:
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as services:
+                    services.start_soon(
+                        functools.partial(
+                            trio.serve_listeners,
+                            self._serve_connection,
+                            listeners,
+                            handler_nursery=connections,
+                        )
+                    )
+                    if handle_signals:
+                        services.start_soon(self._watch_signals)
+                    task_status.started(self)
+                    await self._shutdown_requested.wait()
+                    services.cancel_scope.cancel()
+                await self._close_connections(connections)
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Ask the agent to stop; :meth:`run` returns once everything is closed."""
+        if not self._shutdown_requested.is_set():
+            self.log.info("requesting shutdown")
+            self._shutdown_requested.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def _close_connections(self, connections: trio.Nursery) -> None:
+        self.log.info("shutdown complete")
+        self.hub.close()
+        for connection in list(self._connections):
+            connection.close_gracefully()
+        connections.cancel_scope.deadline = trio.current_time() + self.limits.drain_timeout + 1
+
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
+        peer = _peer_name(stream)
+        self.rpc_log.debug(f"Accepted client: {peer}")
+        connection = RPCConnection(stream, self, peer)
+        self._connections.add(connection)
+        try:
+            await connection.serve()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the peer vanished mid-close: nothing left to tell it
+        except* Exception as group:
+            # A bug in one connection must not take the agent (or other connections) down.
+            self.rpc_log.error(f"connection from {peer} failed: {group.exceptions!r}")
+        finally:
+            self._connections.discard(connection)
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.log.info("Caught signal: hangup, reloading configuration")
+                    self.reload()
+                else:
+                    self.log.info(f"Caught signal: {signal.Signals(signum).name}, shutting down")
+                    self.shutdown()
+
+    # ---------------------------------------------------------------- in-process callers
+
+    async def connect(self) -> trio.abc.Stream:
+        """A stream to this agent's RPC engine without a socket (the in-process transport)."""
+        return await self._in_process.connect()
+
+    # ---------------------------------------------------------------- operations
+
+    async def leave(self) -> str:
+        """Gracefully leave every pool; returns the errors joined, or ""."""
+        self.log.info("requesting graceful leave")
+        errors = [await self.lan.leave()]
+        if self.wan is not None:
+            errors.append(await self.wan.leave())
+        error = "; ".join(error for error in errors if error)
+        if error:
+            self.log.error(f"graceful leave failed: {error}")
+        else:
+            self.log.info("graceful leave complete")
+        return error
+
+    def reload(self) -> str:
+        """Re-read the config files; keep running on the old config when the new one is bad."""
+        self.log.info("Reloading configuration...")
+        old = self.config
+        try:
+            new = load_config(old.config_files, self._overrides)
+        except ConfigError as exc:
+            message = f"Failed to reload configs: {exc}"
+            self.log.error(message)
+            return message
+        changed = changed_settings(old, new)
+        needs_restart = [name for name in changed if name not in RELOADABLE]
+        if needs_restart:
+            self.log.warn(
+                "these settings changed but take effect only after a restart: "
+                + ", ".join(needs_restart)
+            )
+            new = replace(new, **{name: getattr(old, name) for name in needs_restart})
+        self.config = new
+        self.hub.level = parse_level(new.log_level)
+        self.limits = limits_from(new)
+        applied = [name for name in changed if name in RELOADABLE]
+        self.log.info(
+            "configuration reloaded" + (f" ({', '.join(applied)} changed)" if applied else "")
+        )
+        return ""
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return "in-process"
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return "unknown"
+    if isinstance(peer, tuple):
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"unix:{sock.getsockname() or peer or '-'}"

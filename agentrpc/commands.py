@@ -1,0 +1,173 @@
+"""The agent's commands: small handlers that take a request body and return a reply.
+
+Commands that answer from memory (members, stats, force-leave on the local view) are *instant*:
+plain functions the connection engine runs inline, with no task per frame. Commands that wait
+(join contacts peers, leave runs the graceful leave, reload reads files) are coroutines that the
+engine runs as tasks. ``handshake``, ``monitor`` and ``stop`` belong to the connection itself
+and live in the engine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from . import build_info
+from .membership.pool import MembershipPool
+from .protocol.bodies import JoinRequest, members_body
+from .protocol.codec import Encoded, Request, ResponseEncoder
+from .protocol.constants import (
+    ERR_WAN_JOIN_CLIENT,
+    FORCE_LEAVE,
+    JOIN,
+    LEAVE,
+    MEMBERS_LAN,
+    MEMBERS_WAN,
+    RELOAD,
+    STATS,
+)
+from .rpc_connection import AsyncHandler, InstantHandler, Reply, RPCConnection
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+_EMPTY_MEMBERS = Encoded(ResponseEncoder().body({"Members": []}))
+
+
+class _MembersCache:
+    """The encoded ``{Members: [...]}`` of one pool, rebuilt only when the pool changes."""
+
+    __slots__ = ("_body", "_pool", "_version")
+
+    def __init__(self, pool: MembershipPool) -> None:
+        self._pool = pool
+        self._version = -1
+        self._body = _EMPTY_MEMBERS
+
+    def body(self) -> Encoded:
+        pool = self._pool
+        if pool.version != self._version:
+            self._body = Encoded(ResponseEncoder().body(members_body(pool.members())))
+            self._version = pool.version
+        return self._body
+
+
+class AgentCommands:
+    """The command table of one agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self._lan_members = _MembersCache(agent.lan)
+        self._wan_members = _MembersCache(agent.wan) if agent.wan is not None else None
+        self.instant: Mapping[str, InstantHandler] = {
+            MEMBERS_LAN: self.members_lan,
+            MEMBERS_WAN: self.members_wan,
+            STATS: self.stats,
+        }
+        self.async_: Mapping[str, AsyncHandler] = {
+            JOIN: self.join,
+            FORCE_LEAVE: self.force_leave,
+            LEAVE: self.leave,
+            RELOAD: self.reload,
+        }
+
+    def members_lan(self, _body: Any) -> Reply:
+        return "", self._lan_members.body()
+
+    def members_wan(self, _body: Any) -> Reply:
+        # A client-mode agent has no WAN pool: an empty list and no error, as the reference.
+        if self._wan_members is None:
+            return "", _EMPTY_MEMBERS
+        return "", self._wan_members.body()
+
+    def stats(self, _body: Any) -> Reply:
+        return "", self.stats_sections()
+
+    def stats_sections(self) -> dict[str, dict[str, str]]:
+        agent = self._agent
+        config = agent.config
+        sections: dict[str, dict[str, str]] = {
+            "agent": {
+                "name": config.node_name,
+                "datacenter": config.datacenter,
+                "server": "true" if config.server else "false",
+                "uptime": f"{trio.current_time() - agent.started_at:.0f}s",
+            },
+            "build": {
+                "prerelease": build_info.PRERELEASE,
+                "revision": build_info.REVISION,
+                "version": build_info.VERSION,
+            },
+            "runtime": {
+                "os": sys.platform,
+                "arch": platform.machine(),
+                "version": f"python{platform.python_version()}",
+                "implementation": platform.python_implementation().lower(),
+                "cpu_count": str(os.cpu_count() or 1),
+                "trio": trio.__version__,
+                "tasks": str(_count_tasks()),
+            },
+            "serf_lan": agent.lan.stats(),
+            "rpc": {
+                **agent.rpc_stats.as_strings(),
+                "monitor_dropped": str(agent.hub.monitor_dropped),
+            },
+        }
+        if agent.wan is not None:
+            sections["serf_wan"] = agent.wan.stats()
+        return sections
+
+    async def join(self, _connection: RPCConnection, request: Request) -> Reply:
+        join: JoinRequest = request.body
+        agent = self._agent
+        if join.wan:
+            if agent.wan is None:
+                return ERR_WAN_JOIN_CLIENT, {"Num": 0}
+            pool = agent.wan
+        else:
+            pool = agent.lan
+        agent.log.info(f"joining {pool.name.upper()} pool: {', '.join(join.existing) or '-'}")
+        num, error = await pool.join(join.existing)
+        if error:
+            agent.log.warn(f"join ({pool.name.upper()}): {error}")
+        else:
+            agent.log.info(f"join ({pool.name.upper()}): {num} nodes contacted")
+        return error, {"Num": num}
+
+    async def force_leave(self, _connection: RPCConnection, request: Request) -> Reply:
+        node: str = request.body
+        agent = self._agent
+        agent.log.info(f"force leaving node: {node}")
+        errors = [await agent.lan.force_leave(node)]
+        if agent.wan is not None:
+            # On a server both pools hear it, as the reference does (WAN names are node.dc).
+            errors.append(await agent.wan.force_leave(node))
+        return "; ".join(error for error in errors if error), None
+
+    async def leave(self, connection: RPCConnection, request: Request) -> None:
+        agent = self._agent
+        error = await agent.leave()
+        await connection.send_reply(request.seq, error)
+        agent.shutdown()
+
+    async def reload(self, _connection: RPCConnection, _request: Request) -> Reply:
+        return self._agent.reload(), None
+
+
+def _count_tasks() -> int:
+    root = trio.lowlevel.current_root_task()
+    if root is None:
+        return 0
+    count = 0
+    stack = [root]
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count

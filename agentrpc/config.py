@@ -1,0 +1,142 @@
+"""The agent's configuration: defaults, JSON/TOML files, command-line overrides, validation.
+
+Precedence, lowest first: built-in defaults, each ``--config-file`` in the order given, then the
+flags given on the command line. :func:`load_config` is pure apart from reading the files, so
+``reload`` can build a new config, validate it, and keep the old one when the new one is bad.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from .transports import AddressError, parse_address
+
+from .logs import parse_level
+from .protocol.constants import DEFAULT_MAX_FRAME_SIZE
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    node_name: str = field(default_factory=socket.gethostname)
+    datacenter: str = "dc1"
+    server: bool = True
+    rpc_addr: str = "127.0.0.1:8400"
+    serf_lan_addr: str = "127.0.0.1:8301"
+    serf_wan_addr: str = "127.0.0.1:8302"
+    server_addr: str = "127.0.0.1:8300"
+    log_level: str = "INFO"
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    handshake_timeout: float = 10.0
+    monitor_queue_size: int = 512
+    send_queue_size: int = 256
+    drain_timeout: float = 2.0
+    config_files: tuple[str, ...] = ()
+
+
+RELOADABLE: Final = frozenset(
+    {
+        "log_level",
+        "max_frame_size",
+        "handshake_timeout",
+        "monitor_queue_size",
+        "send_queue_size",
+        "drain_timeout",
+    }
+)
+"""Settings a reload applies at once; others are reported as needing a restart."""
+
+_FIELDS: Final = {f.name: f for f in dataclasses.fields(AgentConfig) if f.name != "config_files"}
+_ADDRESS_KEYS: Final = ("rpc_addr", "serf_lan_addr", "serf_wan_addr", "server_addr")
+
+
+def _expected_type(name: str) -> type:
+    default = AgentConfig.__dataclass_fields__[name].type
+    return {"str": str, "bool": bool, "int": int, "float": float}[str(default)]
+
+
+def _check_value(name: str, value: Any, source: str) -> Any:
+    if name not in _FIELDS:
+        raise ConfigError(f"{source}: unknown key {name!r}")
+    kind = _expected_type(name)
+    if kind is float and type(value) is int:
+        value = float(value)
+    if type(value) is not kind:
+        raise ConfigError(f"{source}: {name} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read one JSON or TOML file (by extension; anything else is tried as JSON)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            data: Any = tomllib.loads(raw.decode("utf-8"))
+        else:
+            data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} does not parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold an object of settings")
+    return {key: _check_value(key, value, str(path)) for key, value in data.items()}
+
+
+def validate(config: AgentConfig) -> AgentConfig:
+    """Check what types alone cannot; returns the config unchanged or raises ConfigError."""
+    if not config.node_name.strip():
+        raise ConfigError("node_name must not be empty")
+    if not config.datacenter.strip():
+        raise ConfigError("datacenter must not be empty")
+    try:
+        parse_level(config.log_level)
+    except ValueError as exc:
+        raise ConfigError(f"log_level: {exc}") from None
+    for key in _ADDRESS_KEYS:
+        try:
+            address = parse_address(getattr(config, key))
+        except AddressError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        if key != "rpc_addr" and address.kind != "tcp":
+            raise ConfigError(f"{key} must be HOST:PORT")
+    if not 64 <= config.max_frame_size <= 1 << 30:
+        raise ConfigError("max_frame_size must be between 64 bytes and 1 GiB")
+    for key in ("handshake_timeout", "drain_timeout"):
+        if not 0 < getattr(config, key) <= 3600:
+            raise ConfigError(f"{key} must be between 0 and 3600 seconds")
+    for key in ("monitor_queue_size", "send_queue_size"):
+        if not 1 <= getattr(config, key) <= 1_000_000:
+            raise ConfigError(f"{key} must be between 1 and 1000000")
+    return config
+
+
+def load_config(
+    files: Sequence[str | Path] = (), overrides: Mapping[str, Any] | None = None
+) -> AgentConfig:
+    """Defaults, then each file in order, then ``overrides`` (None values are ignored)."""
+    settings: dict[str, Any] = {}
+    for path in files:
+        settings.update(read_config_file(path))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            settings[key] = _check_value(key, value, "command line")
+    settings["config_files"] = tuple(str(path) for path in files)
+    return validate(AgentConfig(**settings))
+
+
+def changed_settings(old: AgentConfig, new: AgentConfig) -> list[str]:
+    """Names of the settings that differ between two configs."""
+    return [name for name in _FIELDS if getattr(old, name) != getattr(new, name)]

@@ -1,0 +1,276 @@
+"""Sans-I/O codec of the agent RPC protocol: bytes in, requests and responses out.
+
+Frames are msgpack objects back to back with no length prefix. A request is a header map
+``{Command, Seq, Token}`` followed, for the commands in :data:`COMMANDS_WITH_BODY`, by exactly
+one body object; a response is a header ``{Error, Seq}`` optionally followed by one body.
+
+Nothing here performs I/O or knows about trio: feed bytes with ``feed`` and iterate to pull
+whole messages, in the style of h11. Size limits are enforced by msgpack *before* it allocates
+(its buffer never grows past ``max_frame_size`` plus one read), so a peer that declares a
+100 MB string is refused without the agent allocating it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Final, NamedTuple, TypeGuard
+
+import msgpack
+
+from .constants import COMMANDS_WITH_BODY, DEFAULT_MAX_FRAME_SIZE
+from .errors import FrameTooLarge, ProtocolError
+
+MAX_SEQ: Final = (1 << 64) - 1
+READ_SIZE: Final = 64 * 1024
+"""How much a transport reads at once; the decoder's buffer allows one frame plus this."""
+
+_UNPACK_ERRORS: Final = (ValueError, TypeError, msgpack.exceptions.UnpackException)
+"""What msgpack raises on hostile input (FormatError, StackError, bad UTF-8, bad keys...)."""
+
+
+class Request(NamedTuple):
+    """One decoded request: the header's fields and the body (``None`` when there is none)."""
+
+    command: str
+    seq: int
+    token: str | None
+    body: Any
+
+
+class Response(NamedTuple):
+    """One decoded response: the header's fields and the body (``None`` when there is none)."""
+
+    seq: int
+    error: str
+    body: Any
+
+
+def _is_uint64(value: object) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value <= MAX_SEQ
+
+
+def _new_unpacker(max_frame_size: int) -> Any:
+    return msgpack.Unpacker(
+        raw=False,
+        strict_map_key=True,
+        max_buffer_size=max_frame_size + READ_SIZE,
+        max_str_len=max_frame_size,
+        max_bin_len=max_frame_size,
+        max_array_len=max_frame_size,
+        max_map_len=max_frame_size // 2,
+        max_ext_len=max_frame_size,
+    )
+
+
+def parse_request_header(obj: object) -> tuple[str, int, str | None]:
+    """Validate a request header (map, or the positional array form) into its fields.
+
+    Raises :class:`ProtocolError` unless ``Command`` is a str and ``Seq`` an unsigned 64-bit
+    integer; ``Token`` is optional and must be a str when present.
+    """
+    if type(obj) is dict:
+        command = obj.get("Command")
+        seq = obj.get("Seq")
+        token = obj.get("Token")
+    elif type(obj) is list and 2 <= len(obj) <= 3:
+        command, seq = obj[0], obj[1]
+        token = obj[2] if len(obj) == 3 else None
+    else:
+        raise ProtocolError(f"request header must be a map, got {type(obj).__name__}")
+    if not _is_uint64(seq):
+        raise ProtocolError("request header needs Seq as an unsigned 64-bit integer")
+    if type(command) is not str:
+        raise ProtocolError("request header needs Command as a string", seq=seq)
+    if token is not None and type(token) is not str:
+        raise ProtocolError("request header Token must be a string", seq=seq, command=command)
+    return command, seq, token
+
+
+class RequestDecoder:
+    """Turns a byte stream from a client into :class:`Request` tuples.
+
+    Unknown commands are returned at once with no body (their body, if any, is never read: the
+    connection closes after the ``Unsupported command`` reply).
+    """
+
+    __slots__ = ("_pending", "_unpacker", "max_frame_size")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if max_frame_size < 64:
+            raise ValueError("max_frame_size must be at least 64 bytes")
+        self.max_frame_size = max_frame_size
+        self._unpacker = _new_unpacker(max_frame_size)
+        self._pending: tuple[str, int, str | None] | None = None
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Append bytes received from the peer."""
+        try:
+            self._unpacker.feed(data)
+        except msgpack.exceptions.BufferFull:
+            raise self._too_large() from None
+
+    def _too_large(self) -> FrameTooLarge:
+        pending = self._pending
+        return FrameTooLarge(
+            f"frame exceeds the {self.max_frame_size}-byte limit",
+            seq=pending[1] if pending else None,
+            command=pending[0] if pending else None,
+        )
+
+    @property
+    def awaiting_body(self) -> bool:
+        """True when a header has arrived and its body has not."""
+        return self._pending is not None
+
+    def __iter__(self) -> Iterator[Request]:
+        """Yield every request complete in the buffer; stop when more bytes are needed."""
+        unpacker = self._unpacker
+        while True:
+            try:
+                obj = next(unpacker)
+            except StopIteration:
+                return
+            except _UNPACK_ERRORS as exc:
+                if isinstance(exc, ValueError) and "exceeds max_" in str(exc):
+                    raise self._too_large() from None
+                pending = self._pending
+                raise ProtocolError(
+                    f"undecodable msgpack: {exc}",
+                    seq=pending[1] if pending else None,
+                    command=pending[0] if pending else None,
+                ) from None
+            pending = self._pending
+            if pending is not None:
+                self._pending = None
+                yield Request(pending[0], pending[1], pending[2], obj)
+                continue
+            command, seq, token = parse_request_header(obj)
+            if command in COMMANDS_WITH_BODY:
+                self._pending = (command, seq, token)
+            else:
+                yield Request(command, seq, token, None)
+
+
+class Encoded(bytes):
+    """A body that is already msgpack-encoded (for example a cached members list)."""
+
+    __slots__ = ()
+
+
+class ResponseEncoder:
+    """Encodes response frames; keeps one msgpack packer for the connection's lifetime."""
+
+    __slots__ = ("_pack",)
+
+    _OK_HEAD: Final = b"\x82\xa5Error\xa0\xa3Seq"
+
+    def __init__(self) -> None:
+        self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+
+    def header(self, seq: int, error: str = "") -> bytes:
+        """The response header ``{Error, Seq}`` (keys in the reference's sorted order)."""
+        if not error:
+            return self._OK_HEAD + self._pack(seq)
+        return b"\x82\xa5Error" + self._pack(error) + b"\xa3Seq" + self._pack(seq)
+
+    def response(self, seq: int, error: str = "", body: Any = None) -> bytes:
+        """A header, then the body when ``body`` is not None: always one contiguous chunk."""
+        head = self.header(seq, error)
+        if body is None:
+            return head
+        if type(body) is Encoded:
+            return head + body
+        return head + self._pack(body)
+
+    def body(self, body: Any) -> bytes:
+        """Encode a body on its own, for callers that cache encoded bodies."""
+        return self._pack(body)
+
+
+class RequestEncoder:
+    """Client side: encodes request frames (header plus optional body)."""
+
+    __slots__ = ("_pack",)
+
+    def __init__(self) -> None:
+        self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+
+    def request(self, command: str, seq: int, body: Any = None, token: str = "") -> bytes:
+        head: bytes = self._pack({"Command": command, "Seq": seq, "Token": token})
+        if body is None:
+            return head
+        return head + self._pack(body)
+
+
+class ResponseDecoder:
+    """Client side: turns a byte stream from an agent into :class:`Response` tuples.
+
+    A response header does not say whether a body follows; the client knows from the command it
+    sent. ``expect(seq, body=..., stream=...)`` registers that: ``body`` for one body after the
+    header, ``stream`` for a monitor (the first frame is a bare ack, every later frame of that
+    Seq carries a body) until ``forget(seq)``. Headers of unknown Seq are skipped without a body,
+    as the reference client does.
+    """
+
+    __slots__ = ("_expect", "_pending", "_streams", "_unpacker")
+
+    def __init__(self, max_frame_size: int = 64 * DEFAULT_MAX_FRAME_SIZE) -> None:
+        self._unpacker = _new_unpacker(max_frame_size)
+        self._expect: dict[int, bool] = {}
+        self._streams: set[int] = set()
+        self._pending: tuple[int, str] | None = None
+
+    def expect(self, seq: int, *, body: bool, stream: bool = False) -> None:
+        self._expect[seq] = body
+        if stream:
+            self._streams.add(seq)
+
+    def forget(self, seq: int) -> None:
+        self._expect.pop(seq, None)
+        self._streams.discard(seq)
+
+    def feed(self, data: bytes | bytearray) -> None:
+        try:
+            self._unpacker.feed(data)
+        except msgpack.exceptions.BufferFull:
+            raise FrameTooLarge("response frame exceeds the size limit") from None
+
+    def __iter__(self) -> Iterator[Response]:
+        unpacker = self._unpacker
+        while True:
+            try:
+                obj = next(unpacker)
+            except StopIteration:
+                return
+            except _UNPACK_ERRORS as exc:
+                raise ProtocolError(f"undecodable msgpack from agent: {exc}") from None
+            pending = self._pending
+            if pending is not None:
+                self._pending = None
+                yield Response(pending[0], pending[1], obj)
+                continue
+            if type(obj) is not dict:
+                raise ProtocolError(f"response header must be a map, got {type(obj).__name__}")
+            seq = obj.get("Seq")
+            error = obj.get("Error") or ""
+            if not _is_uint64(seq) or type(error) is not str:
+                raise ProtocolError("response header needs Seq (uint64) and Error (str)")
+            wants_body = self._expect.get(seq)
+            if seq in self._streams:
+                if wants_body:
+                    # A stream frame after the ack: a body follows.
+                    self._pending = (seq, error)
+                    continue
+                # The stream's ack: no body; after it every frame of this Seq has one.
+                if error:
+                    self.forget(seq)
+                else:
+                    self._expect[seq] = True
+                yield Response(seq, error, None)
+                continue
+            if wants_body is not None:
+                del self._expect[seq]
+            if wants_body:
+                self._pending = (seq, error)
+            else:
+                yield Response(seq, error, None)

@@ -1,0 +1,62 @@
+"""Wire constants of the agent RPC protocol: command names, error strings, levels, limits.
+
+One place per fact: every other module imports these names instead of spelling the strings.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+RPC_VERSION: Final = 1
+"""The only handshake version the protocol knows."""
+
+DEFAULT_RPC_PORT: Final = 8400
+DEFAULT_MAX_FRAME_SIZE: Final = 1 << 20
+"""Largest single msgpack object (header or body) a peer may send, in bytes."""
+
+# Command names, exactly as they travel in the request header.
+HANDSHAKE: Final = "handshake"
+MEMBERS_LAN: Final = "members-lan"
+MEMBERS_WAN: Final = "members-wan"
+JOIN: Final = "join"
+FORCE_LEAVE: Final = "force-leave"
+MONITOR: Final = "monitor"
+STOP: Final = "stop"
+LEAVE: Final = "leave"
+STATS: Final = "stats"
+RELOAD: Final = "reload"
+
+COMMANDS: Final = frozenset(
+    {HANDSHAKE, MEMBERS_LAN, MEMBERS_WAN, JOIN, FORCE_LEAVE, MONITOR, STOP, LEAVE, STATS, RELOAD}
+)
+COMMANDS_WITH_BODY: Final = frozenset({HANDSHAKE, JOIN, FORCE_LEAVE, MONITOR, STOP})
+"""Commands whose request header is followed by exactly one body object."""
+
+# Error strings, byte for byte as the reference sends them.
+ERR_HANDSHAKE_REQUIRED: Final = "Handshake required"
+ERR_UNSUPPORTED_COMMAND: Final = "Unsupported command"
+ERR_UNSUPPORTED_VERSION: Final = "Unsupported RPC version"
+ERR_DUPLICATE_HANDSHAKE: Final = "Handshake already performed"
+ERR_MONITOR_EXISTS: Final = "Monitor already exists"
+ERR_UNKNOWN_LOG_LEVEL: Final = "Unknown log level: "
+ERR_WAN_JOIN_CLIENT: Final = "Must be a server to join WAN cluster"
+ERR_PERMISSION_DENIED: Final = "Permission denied"
+
+# Log levels the monitor command and the agent's log know, lowest first.
+LOG_LEVELS: Final = ("TRACE", "DEBUG", "INFO", "WARN", "ERR")
+LEVEL_INDEX: Final = {name: index for index, name in enumerate(LOG_LEVELS)}
+
+# Member statuses as the membership layer reports them.
+STATUS_ALIVE: Final = "alive"
+STATUS_LEAVING: Final = "leaving"
+STATUS_LEFT: Final = "left"
+STATUS_FAILED: Final = "failed"
+STATUS_NONE: Final = "none"
+
+ERROR_BODIES: Final = {
+    MEMBERS_LAN: {"Members": []},
+    MEMBERS_WAN: {"Members": []},
+    JOIN: {"Num": 0},
+    STATS: {},
+}
+"""Commands whose reply body is sent even when Error is set: the Go client always reads one."""

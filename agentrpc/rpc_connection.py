@@ -1,0 +1,405 @@
+"""The agent RPC connection engine: one client connection, served by a small nursery.
+
+Shape (the design card's): a reader task decodes request frames; a writer task drains a memory
+channel of encoded frames and sends everything already queued in one ``send_all``; commands
+that answer at once run inline in the reader (no task per frame), the others run as small
+handler coroutines in the connection's nursery so that a slow ``join`` never delays the
+``members-lan`` pipelined behind it; the monitor stream runs in a cancel scope keyed by its Seq.
+
+Closing happens in order, never by throwing queued replies away: the reader stops, the monitor
+scope is cancelled (its ``stop`` reply therefore can never be followed by a line of its Seq),
+in-flight handlers get a bounded drain time, the outgoing channel is closed, the writer sends
+what is queued, all under a deadline.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import msgpack
+import trio
+
+from .logs import Logger, LogSubscription
+from .protocol import bodies
+from .protocol.codec import READ_SIZE, Request, RequestDecoder, ResponseEncoder
+from .protocol.constants import (
+    COMMANDS,
+    DEFAULT_MAX_FRAME_SIZE,
+    ERR_DUPLICATE_HANDSHAKE,
+    ERR_HANDSHAKE_REQUIRED,
+    ERR_MONITOR_EXISTS,
+    ERR_UNKNOWN_LOG_LEVEL,
+    ERR_UNSUPPORTED_COMMAND,
+    ERR_UNSUPPORTED_VERSION,
+    ERROR_BODIES,
+    HANDSHAKE,
+    LEVEL_INDEX,
+    MONITOR,
+    RPC_VERSION,
+    STOP,
+)
+from .protocol.errors import ProtocolError
+
+Reply = tuple[str, Any]
+"""A handler's answer: (Error, body or None)."""
+InstantHandler = Callable[[Any], Reply]
+"""Answers at once from the request body; runs inline in the reader."""
+AsyncHandler = Callable[["RPCConnection", Request], Awaitable[Reply | None]]
+"""Runs as a task; returns the reply, or None when it has sent its reply itself."""
+
+_LOG_FRAME_BODY: Final = b"\x81\xa3Log"
+_MONITOR_BATCH: Final = 256
+
+
+@dataclass(slots=True)
+class RPCStats:
+    """Counters shared by every connection of one agent (surfaced in ``stats``)."""
+
+    connections: int = 0
+    connections_total: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    monitors: int = 0
+    protocol_errors: int = 0
+    handshake_timeouts: int = 0
+
+    def as_strings(self) -> dict[str, str]:
+        return {
+            "connections": str(self.connections),
+            "connections_total": str(self.connections_total),
+            "frames_in": str(self.frames_in),
+            "frames_out": str(self.frames_out),
+            "monitors": str(self.monitors),
+            "protocol_errors": str(self.protocol_errors),
+            "handshake_timeouts": str(self.handshake_timeouts),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLimits:
+    """Per-connection limits (all configurable through the agent's config)."""
+
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    handshake_timeout: float = 10.0
+    send_queue: int = 256
+    monitor_queue: int = 512
+    drain_timeout: float = 2.0
+
+
+class RPCServices(Protocol):
+    """What a connection needs from the agent it serves."""
+
+    @property
+    def instant_commands(self) -> Mapping[str, InstantHandler]: ...
+
+    @property
+    def async_commands(self) -> Mapping[str, AsyncHandler]: ...
+
+    @property
+    def limits(self) -> EngineLimits: ...
+
+    @property
+    def rpc_stats(self) -> RPCStats: ...
+
+    @property
+    def rpc_log(self) -> Logger: ...
+
+    def subscribe_log(self, min_level: int, queue_size: int) -> LogSubscription: ...
+
+
+class EndReason(enum.Enum):
+    EOF = "eof"
+    FATAL = "fatal"
+    SHUTDOWN = "shutdown"
+    HANDSHAKE_TIMEOUT = "handshake timeout"
+    PEER_GONE = "peer gone"
+
+
+class _Monitor:
+    __slots__ = ("scope", "seq", "subscription")
+
+    def __init__(self, seq: int, subscription: LogSubscription) -> None:
+        self.seq = seq
+        self.subscription = subscription
+        self.scope = trio.CancelScope()
+
+
+class RPCConnection:
+    """Serves the agent RPC protocol on one stream until EOF, a fatal error or shutdown."""
+
+    def __init__(self, stream: trio.abc.Stream, services: RPCServices, peer: str) -> None:
+        self.stream = stream
+        self.peer = peer
+        self._services = services
+        self._limits = services.limits
+        self._stats = services.rpc_stats
+        self._log = services.rpc_log
+        self._encoder = ResponseEncoder()
+        self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+        self._send, self._receive = trio.open_memory_channel[bytes](self._limits.send_queue)
+        self._handshaken = False
+        self._monitor: _Monitor | None = None
+        self._reader_scope = trio.CancelScope()
+        self._close_reason: EndReason | None = None
+        self._work: trio.Nursery | None = None
+        self.end_reason: EndReason | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def serve(self) -> None:
+        """Run the connection; returns once it is closed. Never raises for the peer's faults."""
+        stats = self._stats
+        stats.connections += 1
+        stats.connections_total += 1
+        limits = self._limits
+        try:
+            async with trio.open_nursery() as connection:
+                connection.start_soon(self._write_frames, connection.cancel_scope)
+                try:
+                    async with trio.open_nursery() as work:
+                        self._work = work
+                        reason = await self._read_until_done()
+                        self.end_reason = reason
+                        if reason is not EndReason.SHUTDOWN:
+                            self._cancel_monitor()
+                        if reason is EndReason.FATAL or reason is EndReason.PEER_GONE:
+                            work.cancel_scope.cancel()
+                        else:
+                            work.cancel_scope.deadline = trio.current_time() + limits.drain_timeout
+                finally:
+                    self._cancel_monitor()
+                    self._send.close()
+                    connection.cancel_scope.deadline = trio.current_time() + limits.drain_timeout
+        finally:
+            stats.connections -= 1
+            await trio.aclose_forcefully(self.stream)
+
+    def close_gracefully(self) -> None:
+        """Stop reading; let queued replies and monitor lines drain, then close."""
+        self._close_reason = self._close_reason or EndReason.SHUTDOWN
+        self._reader_scope.cancel()
+
+    # ------------------------------------------------------------------ writer
+
+    async def _write_frames(self, connection_scope: trio.CancelScope) -> None:
+        receive = self._receive
+        stream = self.stream
+        try:
+            async for chunk in receive:
+                batch = [chunk]
+                while True:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await stream.send_all(chunk if len(batch) == 1 else b"".join(batch))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The peer is gone: nothing more can be delivered, so stop all work.
+            self._close_reason = self._close_reason or EndReason.PEER_GONE
+            self._reader_scope.cancel()
+            connection_scope.cancel()
+
+    async def send_frame(self, frame: bytes) -> None:
+        """Queue one encoded frame (a header and its body, whole) for the writer."""
+        await self._send.send(frame)
+        self._stats.frames_out += 1
+
+    async def send_reply(self, seq: int, error: str = "", body: Any = None) -> None:
+        await self.send_frame(self._encoder.response(seq, error, body))
+
+    # ------------------------------------------------------------------ reader
+
+    async def _read_until_done(self) -> EndReason:
+        limits = self._limits
+        with self._reader_scope:
+            self._reader_scope.deadline = trio.current_time() + limits.handshake_timeout
+            try:
+                return await self._read_requests()
+            except ProtocolError as exc:
+                return await self._refuse(exc)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return EndReason.PEER_GONE
+        if self._close_reason is not None:
+            return self._close_reason
+        self._stats.handshake_timeouts += 1
+        self._log.warn(f"closing connection from {self.peer}: no handshake within the deadline")
+        return EndReason.HANDSHAKE_TIMEOUT
+
+    async def _refuse(self, exc: ProtocolError) -> EndReason:
+        """Answer a malformed request with a clear error where its Seq is known, then close."""
+        self._stats.protocol_errors += 1
+        self._log.warn(f"closing connection from {self.peer}: malformed request: {exc}")
+        if exc.seq is not None:
+            body = ERROR_BODIES.get(exc.command or "")
+            with trio.move_on_after(self._limits.drain_timeout):
+                await self.send_reply(exc.seq, f"Malformed request: {exc}", body)
+        return EndReason.FATAL
+
+    async def _read_requests(self) -> EndReason:
+        stream = self.stream
+        stats = self._stats
+        encoder = self._encoder
+        instant = self._services.instant_commands
+        body_decoders = bodies.BODY_DECODERS
+        decoder = RequestDecoder(self._limits.max_frame_size)
+        out: list[bytes] = []
+        while True:
+            data = await stream.receive_some(READ_SIZE)
+            if not data:
+                return EndReason.EOF
+            decoder.feed(data)
+            count = 0
+            try:
+                for request in decoder:
+                    count += 1
+                    command = request.command
+                    body_decoder = body_decoders.get(command)
+                    if body_decoder is not None:
+                        try:
+                            request = request._replace(body=body_decoder(request.body))
+                        except ProtocolError as exc:
+                            exc.seq, exc.command = request.seq, command
+                            raise
+                    if self._handshaken:
+                        handler = instant.get(command)
+                        if handler is not None:
+                            error, body = handler(request.body)
+                            out.append(encoder.response(request.seq, error, body))
+                            continue
+                    if not await self._dispatch(request, out):
+                        stats.frames_in += count
+                        await self._flush(out)
+                        return EndReason.FATAL
+            except ProtocolError:
+                stats.frames_in += count
+                await self._flush(out)
+                raise
+            stats.frames_in += count
+            if out:
+                await self._flush(out)
+
+    async def _flush(self, out: list[bytes]) -> None:
+        if out:
+            frames = len(out)
+            await self._send.send(b"".join(out))
+            self._stats.frames_out += frames
+            out.clear()
+
+    async def _dispatch(self, request: Request, out: list[bytes]) -> bool:
+        """Handle what is not an instant command; False means: close after ``out``."""
+        command, seq = request.command, request.seq
+        encoder = self._encoder
+        if command == HANDSHAKE:
+            out.append(encoder.header(seq, self._handshake(request.body)))
+            return True
+        if not self._handshaken:
+            self._log.debug(f"closing connection from {self.peer}: {command!r} before handshake")
+            out.append(encoder.header(seq, ERR_HANDSHAKE_REQUIRED))
+            return False
+        if command == MONITOR:
+            await self._start_monitor(request, out)
+            return True
+        if command == STOP:
+            stop_seq = request.body
+            if self._monitor is not None and self._monitor.seq == stop_seq:
+                self._cancel_monitor()
+            out.append(encoder.header(seq))
+            return True
+        handler = self._services.async_commands.get(command)
+        if handler is None or command not in COMMANDS:
+            self._log.debug(f"closing connection from {self.peer}: unsupported command {command!r}")
+            out.append(encoder.header(seq, ERR_UNSUPPORTED_COMMAND))
+            return False
+        assert self._work is not None
+        self._work.start_soon(self._run_handler, handler, request)
+        return True
+
+    def _handshake(self, body: Any) -> str:
+        version = body
+        if version != RPC_VERSION:
+            return ERR_UNSUPPORTED_VERSION
+        if self._handshaken:
+            return ERR_DUPLICATE_HANDSHAKE
+        self._handshaken = True
+        self._reader_scope.deadline = math.inf
+        return ""
+
+    async def _run_handler(self, handler: AsyncHandler, request: Request) -> None:
+        reply = await handler(self, request)
+        if reply is not None:
+            error, body = reply
+            await self.send_reply(request.seq, error, body)
+
+    # ------------------------------------------------------------------ monitor
+
+    async def _start_monitor(self, request: Request, out: list[bytes]) -> None:
+        seq = request.seq
+        level_name = request.body.upper()
+        level = LEVEL_INDEX.get(level_name)
+        if level is None:
+            out.append(self._encoder.header(seq, ERR_UNKNOWN_LOG_LEVEL + level_name))
+            return
+        if self._monitor is not None:
+            out.append(self._encoder.header(seq, ERR_MONITOR_EXISTS))
+            return
+        subscription = self._services.subscribe_log(level, self._limits.monitor_queue)
+        monitor = _Monitor(seq, subscription)
+        self._monitor = monitor
+        out.append(self._encoder.header(seq))
+        # The ack must reach the writer before the first line of the stream.
+        await self._flush(out)
+        assert self._work is not None
+        self._work.start_soon(self._stream_logs, monitor)
+
+    def _cancel_monitor(self) -> None:
+        monitor = self._monitor
+        if monitor is not None:
+            self._monitor = None
+            monitor.scope.cancel()
+            monitor.subscription.close()
+
+    def _log_frame(self, header: bytes, line: str) -> bytes:
+        return header + _LOG_FRAME_BODY + self._pack(line)
+
+    async def _stream_logs(self, monitor: _Monitor) -> None:
+        stats = self._stats
+        stats.monitors += 1
+        subscription = monitor.subscription
+        header = self._encoder.header(monitor.seq)
+        frame = self._log_frame
+        reported_drops = 0
+        try:
+            with monitor.scope:
+                replay = subscription.replay
+                subscription.replay = []
+                for start in range(0, len(replay), _MONITOR_BATCH):
+                    chunk = replay[start : start + _MONITOR_BATCH]
+                    await self._send.send(b"".join([frame(header, line) for line in chunk]))
+                    stats.frames_out += len(chunk)
+                lines = subscription.lines
+                async for line in lines:
+                    frames = [frame(header, line)]
+                    while len(frames) < _MONITOR_BATCH:
+                        try:
+                            frames.append(frame(header, lines.receive_nowait()))
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    if subscription.dropped != reported_drops:
+                        missed = subscription.dropped - reported_drops
+                        reported_drops = subscription.dropped
+                        notice = (
+                            f"[WARN] agent.rpc: monitor dropped {missed} log lines "
+                            "because this client reads too slowly"
+                        )
+                        frames.append(frame(header, notice))
+                    await self._send.send(b"".join(frames))
+                    stats.frames_out += len(frames)
+        finally:
+            stats.monitors -= 1
+            subscription.close()
+            if self._monitor is monitor:
+                self._monitor = None

@@ -1,0 +1,102 @@
+"""Parsing of listen and dial addresses: ``HOST:PORT``, ``[v6]:PORT``, ``unix:///path``, ``memory://name``."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+
+class AddressError(ValueError):
+    """An address that cannot be parsed or used."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a stream listener listens or a client dials."""
+
+    kind: Literal["tcp", "unix", "memory"]
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix://{self.path}"
+        if self.kind == "memory":
+            return f"memory://{self.path}"
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.kind != "tcp":
+            return True
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_address(text: str, *, default_port: int | None = None) -> Address:
+    """Parse an address; ``default_port`` fills in a missing port (else a port is required).
+
+    A bare path starting with ``/`` is a unix socket, as the reference client treats it.
+    """
+    text = text.strip()
+    if not text:
+        raise AddressError("empty address")
+    if text.startswith("unix://"):
+        path = text[len("unix://") :]
+        if not path.startswith("/"):
+            raise AddressError(f"unix socket address needs an absolute path: {text!r}")
+        return Address("unix", path=path)
+    if text.startswith("/"):
+        return Address("unix", path=text)
+    if text.startswith("memory://"):
+        name = text[len("memory://") :]
+        if not name:
+            raise AddressError("memory address needs a name: memory://NAME")
+        return Address("memory", path=name)
+    if "://" in text:
+        raise AddressError(f"unknown address scheme in {text!r}")
+    host, port_text = _split_host_port(text)
+    if port_text is None:
+        if default_port is None:
+            raise AddressError(f"address {text!r} needs a port (HOST:PORT)")
+        port = default_port
+    else:
+        if not port_text.isdigit():
+            raise AddressError(f"invalid port in address {text!r}")
+        port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise AddressError(f"port out of range in address {text!r}")
+    if not host:
+        raise AddressError(f"address {text!r} needs a host")
+    return Address("tcp", host=host, port=port)
+
+
+def _split_host_port(text: str) -> tuple[str, str | None]:
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise AddressError(f"unclosed '[' in address {text!r}")
+        host = text[1:end]
+        rest = text[end + 1 :]
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise AddressError(f"unexpected text after ']' in address {text!r}")
+        return host, rest[1:]
+    if text.count(":") > 1:
+        # A bare IPv6 address without a port.
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            raise AddressError(f"IPv6 address needs brackets with a port: {text!r}") from None
+        return text, None
+    host, sep, port = text.partition(":")
+    return host, (port if sep else None)
