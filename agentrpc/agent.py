@@ -12,20 +12,12 @@ import functools
 import ipaddress
 import signal
 import socket
+import traceback
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, TextIO
 
 import trio
-
-from .transports import (
-    DEFAULT_NETWORK,
-    Address,
-    MemoryListener,
-    MemoryNetwork,
-    open_listeners,
-    parse_address,
-)
 
 from . import build_info
 from .commands import AgentCommands
@@ -34,6 +26,14 @@ from .logs import LogHub, LogSubscription, parse_level
 from .membership.pool import LocalPool, MembershipPool
 from .protocol.bodies import IPAddress, Member
 from .rpc_connection import AsyncHandler, EngineLimits, InstantHandler, RPCConnection, RPCStats
+from .transports import (
+    DEFAULT_NETWORK,
+    Address,
+    MemoryListener,
+    MemoryNetwork,
+    open_listeners,
+    parse_address,
+)
 
 
 def limits_from(config: AgentConfig) -> EngineLimits:
@@ -98,6 +98,8 @@ class Agent:
         overrides: Mapping[str, Any] | None = None,
         log_sink: TextIO | None = None,
         network: MemoryNetwork = DEFAULT_NETWORK,
+        lan: MembershipPool | None = None,
+        wan: MembershipPool | None = None,
     ) -> None:
         self.config = config
         self._overrides = dict(overrides or {})
@@ -105,10 +107,10 @@ class Agent:
         self.hub = LogHub(parse_level(config.log_level), sink=log_sink)
         self.log = self.hub.logger("agent")
         self.rpc_log = self.hub.logger("agent.rpc")
-        self.lan: MembershipPool = LocalPool("lan", local_member(config, wan=False))
-        self.wan: MembershipPool | None = (
-            LocalPool("wan", local_member(config, wan=True)) if config.server else None
-        )
+        self.lan: MembershipPool = lan or LocalPool("lan", local_member(config, wan=False))
+        self.wan: MembershipPool | None = None
+        if config.server:
+            self.wan = wan or LocalPool("wan", local_member(config, wan=True))
         self.rpc_stats = RPCStats()
         self.limits = limits_from(config)
         self._commands = AgentCommands(self)
@@ -201,11 +203,11 @@ class Agent:
         self._connections.add(connection)
         try:
             await connection.serve()
-        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the peer vanished mid-close: nothing left to tell it
         except* Exception as group:
-            # A bug in one connection must not take the agent (or other connections) down.
-            self.rpc_log.error(f"connection from {peer} failed: {group.exceptions!r}")
+            # The engine handles every fault of the peer itself, so this is a bug: log it loudly,
+            # but never let one connection take the agent or other connections down.
+            detail = "".join(traceback.format_exception(group)).rstrip()
+            self.rpc_log.error(f"connection from {peer} failed: {detail}")
         finally:
             self._connections.discard(connection)
 

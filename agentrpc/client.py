@@ -16,6 +16,7 @@ collected generator. When the agent goes away, every pending call fails at once 
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from types import TracebackType
@@ -70,6 +71,19 @@ class JoinError(RPCError):
     def __init__(self, error: str, num: int) -> None:
         super().__init__(error)
         self.num = num
+
+
+def _dial_reason(exc: OSError) -> str:
+    """The most specific reason a dial failed (trio groups one error per address tried)."""
+    candidates: list[BaseException] = [exc]
+    if isinstance(exc.__cause__, BaseExceptionGroup):
+        candidates[:0] = exc.__cause__.exceptions
+    elif exc.__cause__ is not None:
+        candidates.insert(0, exc.__cause__)
+    for candidate in candidates:
+        if isinstance(candidate, OSError) and candidate.errno:
+            return os.strerror(candidate.errno).lower()
+    return str(exc).lower()
 
 
 class _Pending:
@@ -154,7 +168,13 @@ class Client:
     ) -> bool | None:
         stack, self._exit_stack = self._exit_stack, None
         assert stack is not None
-        return await stack.__aexit__(exc_type, exc, tb)
+        try:
+            return await stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The reader's nursery wraps the body's own exception: hand it back unwrapped.
+            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                raise exc from None
+            raise
 
     async def _dial(self) -> trio.abc.Stream:
         try:
@@ -163,8 +183,7 @@ class Client:
         except trio.TooSlowError:
             raise AgentConnectionError(f"dial {self.address}: timed out") from None
         except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise AgentConnectionError(f"dial {self.address}: {reason.lower()}") from None
+            raise AgentConnectionError(f"dial {self.address}: {_dial_reason(exc)}") from None
 
     async def _shutdown_reader(self, nursery: trio.Nursery) -> None:
         await self.aclose()

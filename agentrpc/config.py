@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from .transports import AddressError, parse_address
-
 from .logs import parse_level
 from .protocol.constants import DEFAULT_MAX_FRAME_SIZE
+from .transports import AddressError, parse_address
 
 
 class ConfigError(ValueError):

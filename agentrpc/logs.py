@@ -68,6 +68,7 @@ class LogSubscription:
 
     def end(self) -> None:
         """No more lines: the reader sees the end after what is queued."""
+        self._hub._unsubscribe(self)
         self._send.close()
 
     def close(self) -> None:

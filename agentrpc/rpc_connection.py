@@ -53,6 +53,8 @@ AsyncHandler = Callable[["RPCConnection", Request], Awaitable[Reply | None]]
 
 _LOG_FRAME_BODY: Final = b"\x81\xa3Log"
 _MONITOR_BATCH: Final = 256
+DROP_SUMMARY_INTERVAL: Final = 10.0
+"""At most one "monitor dropped N lines" notice per stream in this many seconds."""
 
 
 @dataclass(slots=True)
@@ -360,7 +362,8 @@ class RPCConnection:
         if monitor is not None:
             self._monitor = None
             monitor.scope.cancel()
-            monitor.subscription.close()
+            # Stop queueing lines now; the stream task itself releases the queue as it exits.
+            monitor.subscription.end()
 
     def _log_frame(self, header: bytes, line: str) -> bytes:
         return header + _LOG_FRAME_BODY + self._pack(line)
@@ -372,6 +375,7 @@ class RPCConnection:
         header = self._encoder.header(monitor.seq)
         frame = self._log_frame
         reported_drops = 0
+        next_summary = -math.inf
         try:
             with monitor.scope:
                 replay = subscription.replay
@@ -388,7 +392,11 @@ class RPCConnection:
                             frames.append(frame(header, lines.receive_nowait()))
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    if subscription.dropped != reported_drops:
+                    if (
+                        subscription.dropped != reported_drops
+                        and trio.current_time() >= next_summary
+                    ):
+                        next_summary = trio.current_time() + DROP_SUMMARY_INTERVAL
                         missed = subscription.dropped - reported_drops
                         reported_drops = subscription.dropped
                         notice = (
