@@ -17,6 +17,7 @@ collected generator. When the agent goes away, every pending call fails at once 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from types import TracebackType
@@ -81,6 +82,8 @@ def _dial_reason(exc: OSError) -> str:
     elif exc.__cause__ is not None:
         candidates.insert(0, exc.__cause__)
     for candidate in candidates:
+        if isinstance(candidate, socket.gaierror) and candidate.strerror:
+            return candidate.strerror.lower()
         if isinstance(candidate, OSError) and candidate.errno:
             return os.strerror(candidate.errno).lower()
     return str(exc).lower()

@@ -1,0 +1,5 @@
+"""``python -m agentrpc.cli``: the same as the ``agentrpc`` console script."""
+
+from .main import main
+
+main()
