@@ -1,0 +1,140 @@
+"""Interop with a real Go implementation of the same RPC framing: Debian's serf.
+
+Serf's agent RPC is the sibling of Consul 0.7's (same codec, same handshake, header and body
+rules; ``members`` instead of ``members-lan``). So:
+
+* serf's Go CLI drives *our* agent (``info`` = stats, ``force-leave``, ``join``, ``leave``), the
+  closest stand-in for the Consul 0.7 CLI that this machine can run;
+* *our* client drives a real serf agent (handshake, stats, monitor + stop, leave), which checks
+  our decoder against Go's bytes.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from agentrpc import Client
+from agentrpc.client import RPCError
+
+CLI = [sys.executable, "-m", "agentrpc.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def our_agent() -> AsyncIterator[tuple[trio.Process, str]]:
+    port = free_port()
+    rpc_addr = f"127.0.0.1:{port}"
+    process = await trio.lowlevel.open_process(
+        [*CLI, "serve", "--node", "ours", "--rpc-addr", rpc_addr,
+         "--serf-lan-addr", "127.0.0.1:0", "--serf-wan-addr", "127.0.0.1:0"],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    try:
+        seen = b""
+        with trio.fail_after(20):
+            while b"RPC listening on" not in seen:
+                chunk = await process.stderr.receive_some(4096)
+                assert chunk, seen.decode()
+                seen += chunk
+        yield process, rpc_addr
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.move_on_after(5):
+            await process.wait()
+
+
+@asynccontextmanager
+async def serf_agent(serf: str) -> AsyncIterator[str]:
+    rpc_addr = f"127.0.0.1:{free_port()}"
+    process = await trio.lowlevel.open_process(
+        [serf, "agent", "-node=go-serf", f"-bind=127.0.0.1:{free_port()}",
+         f"-rpc-addr={rpc_addr}", "-log-level=debug"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        seen = b""
+        with trio.fail_after(20):
+            while b"Serf agent running" not in seen and b"RPC addr" not in seen:
+                chunk = await process.stdout.receive_some(4096)
+                assert chunk, seen.decode()
+                seen += chunk
+
+        async def drain() -> None:
+            assert process.stdout is not None
+            while await process.stdout.receive_some(4096):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            yield rpc_addr
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.move_on_after(5):
+            await process.wait()
+
+
+async def go_cli(serf: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(20):
+        return await trio.run_process(
+            [serf, *args], capture_stdout=True, capture_stderr=True, check=False
+        )
+
+
+async def test_the_go_cli_drives_our_agent(serf_binary: str) -> None:
+    async with our_agent() as (process, rpc_addr):
+        flag = f"-rpc-addr={rpc_addr}"
+        info = await go_cli(serf_binary, "info", flag)
+        assert info.returncode == 0, info.stderr
+        text = info.stdout.decode()
+        assert "agent:\n\tdatacenter = dc1\n" in text
+        assert "\tname = ours\n" in text
+        assert "serf_lan:\n" in text
+
+        forced = await go_cli(serf_binary, "force-leave", flag, "ghost")
+        assert forced.returncode == 0, forced.stderr
+
+        join = await go_cli(serf_binary, "join", flag, "127.0.0.1:1")
+        assert join.returncode == 1
+        assert b"Error joining the cluster: Failed to join 127.0.0.1:1" in join.stdout + join.stderr
+
+        leave = await go_cli(serf_binary, "leave", flag)
+        assert leave.returncode == 0, leave.stderr
+        assert b"Graceful leave complete" in leave.stdout
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+
+
+async def test_our_client_drives_a_real_serf_agent(serf_binary: str) -> None:
+    async with serf_agent(serf_binary) as rpc_addr, Client(rpc_addr) as client:
+        stats = await client.stats()
+        assert stats["agent"]["name"] == "go-serf"
+        assert stats["serf"]["members"] == "1"
+        async with client.monitor("debug") as lines:
+            first = await lines.__anext__()
+            assert "[" in first and "]" in first
+        # After stop, the connection is still in sync: more calls work.
+        assert "runtime" in await client.stats()
+        try:
+            async with client.monitor("bogus"):
+                raise AssertionError("serf accepted a bogus level")
+        except RPCError as exc:
+            assert exc.error == "Unknown log level: BOGUS"
+        await client.force_leave("nobody")
+        await client.leave()
