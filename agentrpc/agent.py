@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 import signal
 import socket
 import traceback
@@ -40,7 +41,9 @@ def limits_from(config: AgentConfig) -> EngineLimits:
     return EngineLimits(
         max_frame_size=config.max_frame_size,
         handshake_timeout=config.handshake_timeout,
+        idle_timeout=config.idle_timeout,
         send_queue=config.send_queue_size,
+        max_inflight=config.max_inflight,
         monitor_queue=config.monitor_queue_size,
         drain_timeout=config.drain_timeout,
     )
@@ -118,6 +121,8 @@ class Agent:
         self.rpc_addresses: list[Address] = []
         self._in_process = MemoryListener("in-process")
         self._connections: set[RPCConnection] = set()
+        self._per_client: dict[str, int] = {}
+        self._next_refusal_log = -math.inf
         self._shutdown_requested = trio.Event()
         self._stopped = trio.Event()
 
@@ -133,6 +138,10 @@ class Agent:
 
     def subscribe_log(self, min_level: int, queue_size: int) -> LogSubscription:
         return self.hub.subscribe(min_level, queue_size)
+
+    @property
+    def rpc_token(self) -> str:
+        return self.config.rpc_token
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -151,10 +160,10 @@ class Agent:
             listeners.append(listener)
             self.rpc_addresses.append(address)
             self.rpc_log.info(f"RPC listening on {address}")
-        if not all(address.is_loopback for address in self.rpc_addresses):
+        if not config.rpc_token and not all(a.is_loopback for a in self.rpc_addresses):
             self.rpc_log.warn(
-                "the RPC port is bound to a non-loopback address: anyone who can reach it "
-                "can control this agent"
+                "the RPC port is bound to a non-loopback address without an rpc_token: "
+                "anyone who can reach it can control this agent"
             )
         self.log.info(
             f"agent started: node {config.node_name!r}, datacenter {config.datacenter!r}, "
@@ -197,10 +206,17 @@ class Agent:
         connections.cancel_scope.deadline = trio.current_time() + self.limits.drain_timeout + 1
 
     async def _serve_connection(self, stream: trio.abc.Stream) -> None:
-        peer = _peer_name(stream)
+        peer, client_ip = _peer_of(stream)
+        refusal = self._admit(client_ip)
+        if refusal:
+            self.rpc_stats.refused_connections += 1
+            self._log_refusal(f"refusing connection from {peer}: {refusal}")
+            await trio.aclose_forcefully(stream)
+            return
         self.rpc_log.debug(f"Accepted client: {peer}")
         connection = RPCConnection(stream, self, peer)
         self._connections.add(connection)
+        self._per_client[client_ip] = self._per_client.get(client_ip, 0) + 1
         try:
             await connection.serve()
         except* Exception as group:
@@ -210,6 +226,27 @@ class Agent:
             self.rpc_log.error(f"connection from {peer} failed: {detail}")
         finally:
             self._connections.discard(connection)
+            remaining = self._per_client[client_ip] - 1
+            if remaining:
+                self._per_client[client_ip] = remaining
+            else:
+                del self._per_client[client_ip]
+
+    def _admit(self, client_ip: str) -> str:
+        """Why a new connection must be refused, or "" to accept it."""
+        config = self.config
+        if len(self._connections) >= config.max_connections:
+            return f"the agent already serves {config.max_connections} connections"
+        if client_ip and self._per_client.get(client_ip, 0) >= config.max_connections_per_client:
+            return f"{client_ip} already has {config.max_connections_per_client} connections"
+        return ""
+
+    def _log_refusal(self, message: str) -> None:
+        """At most one refusal line per second: a connection flood must not flood the log."""
+        now = trio.current_time()
+        if now >= self._next_refusal_log:
+            self._next_refusal_log = now + 1.0
+            self.rpc_log.warn(message)
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGINT, signal.SIGTERM) as signals:
@@ -270,15 +307,16 @@ class Agent:
         return ""
 
 
-def _peer_name(stream: trio.abc.Stream) -> str:
+def _peer_of(stream: trio.abc.Stream) -> tuple[str, str]:
+    """A printable peer name and the client IP ("" for unix and in-process peers)."""
     sock = getattr(stream, "socket", None)
     if sock is None:
-        return "in-process"
+        return "in-process", ""
     try:
         peer = sock.getpeername()
     except OSError:
-        return "unknown"
+        return "unknown", ""
     if isinstance(peer, tuple):
-        host, port = peer[0], peer[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"unix:{sock.getsockname() or peer or '-'}"
+        host, port = str(peer[0]), peer[1]
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), host
+    return f"unix:{sock.getsockname() or peer or '-'}", ""

@@ -35,8 +35,13 @@ class AgentConfig:
     serf_wan_addr: str = "127.0.0.1:8302"
     server_addr: str = "127.0.0.1:8300"
     log_level: str = "INFO"
+    rpc_token: str = ""
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     handshake_timeout: float = 10.0
+    idle_timeout: float = 0.0
+    max_connections: int = 4096
+    max_connections_per_client: int = 256
+    max_inflight: int = 64
     monitor_queue_size: int = 512
     send_queue_size: int = 256
     drain_timeout: float = 2.0
@@ -46,8 +51,13 @@ class AgentConfig:
 RELOADABLE: Final = frozenset(
     {
         "log_level",
+        "rpc_token",
         "max_frame_size",
         "handshake_timeout",
+        "idle_timeout",
+        "max_connections",
+        "max_connections_per_client",
+        "max_inflight",
         "monitor_queue_size",
         "send_queue_size",
         "drain_timeout",
@@ -116,7 +126,15 @@ def validate(config: AgentConfig) -> AgentConfig:
     for key in ("handshake_timeout", "drain_timeout"):
         if not 0 < getattr(config, key) <= 3600:
             raise ConfigError(f"{key} must be between 0 and 3600 seconds")
-    for key in ("monitor_queue_size", "send_queue_size"):
+    if not 0 <= config.idle_timeout <= 86400:
+        raise ConfigError("idle_timeout must be between 0 (never) and 86400 seconds")
+    for key in (
+        "monitor_queue_size",
+        "send_queue_size",
+        "max_connections",
+        "max_connections_per_client",
+        "max_inflight",
+    ):
         if not 1 <= getattr(config, key) <= 1_000_000:
             raise ConfigError(f"{key} must be between 1 and 1000000")
     return config

@@ -15,6 +15,7 @@ what is queued, all under a deadline.
 from __future__ import annotations
 
 import enum
+import hmac
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from .protocol.constants import (
     ERR_DUPLICATE_HANDSHAKE,
     ERR_HANDSHAKE_REQUIRED,
     ERR_MONITOR_EXISTS,
+    ERR_PERMISSION_DENIED,
     ERR_UNKNOWN_LOG_LEVEL,
     ERR_UNSUPPORTED_COMMAND,
     ERR_UNSUPPORTED_VERSION,
@@ -68,6 +70,9 @@ class RPCStats:
     monitors: int = 0
     protocol_errors: int = 0
     handshake_timeouts: int = 0
+    idle_timeouts: int = 0
+    permission_denied: int = 0
+    refused_connections: int = 0
 
     def as_strings(self) -> dict[str, str]:
         return {
@@ -78,6 +83,9 @@ class RPCStats:
             "monitors": str(self.monitors),
             "protocol_errors": str(self.protocol_errors),
             "handshake_timeouts": str(self.handshake_timeouts),
+            "idle_timeouts": str(self.idle_timeouts),
+            "permission_denied": str(self.permission_denied),
+            "refused_connections": str(self.refused_connections),
         }
 
 
@@ -87,7 +95,11 @@ class EngineLimits:
 
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     handshake_timeout: float = 10.0
+    idle_timeout: float = 0.0
+    """Close a handshaken connection with nothing in flight after this long (0: never)."""
     send_queue: int = 256
+    max_inflight: int = 64
+    """Commands that wait (join, leave, ...) running at once; past it the reader pushes back."""
     monitor_queue: int = 512
     drain_timeout: float = 2.0
 
@@ -110,7 +122,17 @@ class RPCServices(Protocol):
     @property
     def rpc_log(self) -> Logger: ...
 
+    @property
+    def rpc_token(self) -> str:
+        """When not empty, every command but handshake must carry this Token."""
+        ...
+
     def subscribe_log(self, min_level: int, queue_size: int) -> LogSubscription: ...
+
+
+def _token_matches(request: Request, token: str) -> bool:
+    sent = request.token
+    return sent is not None and hmac.compare_digest(sent.encode(), token.encode())
 
 
 class EndReason(enum.Enum):
@@ -118,6 +140,7 @@ class EndReason(enum.Enum):
     FATAL = "fatal"
     SHUTDOWN = "shutdown"
     HANDSHAKE_TIMEOUT = "handshake timeout"
+    IDLE_TIMEOUT = "idle timeout"
     PEER_GONE = "peer gone"
 
 
@@ -144,6 +167,7 @@ class RPCConnection:
         self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
         self._send, self._receive = trio.open_memory_channel[bytes](self._limits.send_queue)
         self._handshaken = False
+        self._inflight = trio.Semaphore(self._limits.max_inflight)
         self._monitor: _Monitor | None = None
         self._reader_scope = trio.CancelScope()
         self._close_reason: EndReason | None = None
@@ -227,9 +251,21 @@ class RPCConnection:
                 return EndReason.PEER_GONE
         if self._close_reason is not None:
             return self._close_reason
+        if self._handshaken:
+            self._stats.idle_timeouts += 1
+            self._log.debug(f"closing idle connection from {self.peer}")
+            return EndReason.IDLE_TIMEOUT
         self._stats.handshake_timeouts += 1
         self._log.warn(f"closing connection from {self.peer}: no handshake within the deadline")
         return EndReason.HANDSHAKE_TIMEOUT
+
+    def _arm_idle_deadline(self) -> None:
+        """Before each read: an idle deadline only when nothing is streaming or in flight."""
+        idle = self._limits.idle_timeout
+        if idle <= 0 or not self._handshaken:
+            return
+        quiet = self._monitor is None and self._inflight.value == self._limits.max_inflight
+        self._reader_scope.deadline = trio.current_time() + idle if quiet else math.inf
 
     async def _refuse(self, exc: ProtocolError) -> EndReason:
         """Answer a malformed request with a clear error where its Seq is known, then close."""
@@ -249,12 +285,16 @@ class RPCConnection:
         body_decoders = bodies.BODY_DECODERS
         decoder = RequestDecoder(self._limits.max_frame_size)
         out: list[bytes] = []
+        idle_checks = self._limits.idle_timeout > 0
         while True:
+            if idle_checks:
+                self._arm_idle_deadline()
             data = await stream.receive_some(READ_SIZE)
             if not data:
                 return EndReason.EOF
             decoder.feed(data)
             count = 0
+            token = self._services.rpc_token
             try:
                 for request in decoder:
                     count += 1
@@ -267,6 +307,13 @@ class RPCConnection:
                             exc.seq, exc.command = request.seq, command
                             raise
                     if self._handshaken:
+                        if token and command != HANDSHAKE and not _token_matches(request, token):
+                            stats.permission_denied += 1
+                            error_body = ERROR_BODIES.get(command)
+                            out.append(
+                                encoder.response(request.seq, ERR_PERMISSION_DENIED, error_body)
+                            )
+                            continue
                         handler = instant.get(command)
                         if handler is not None:
                             error, body = handler(request.body)
@@ -317,6 +364,9 @@ class RPCConnection:
             out.append(encoder.header(seq, ERR_UNSUPPORTED_COMMAND))
             return False
         assert self._work is not None
+        if self._inflight.value == 0:
+            await self._flush(out)  # what is answered already goes out while we wait
+        await self._inflight.acquire()
         self._work.start_soon(self._run_handler, handler, request)
         return True
 
@@ -331,10 +381,13 @@ class RPCConnection:
         return ""
 
     async def _run_handler(self, handler: AsyncHandler, request: Request) -> None:
-        reply = await handler(self, request)
-        if reply is not None:
-            error, body = reply
-            await self.send_reply(request.seq, error, body)
+        try:
+            reply = await handler(self, request)
+            if reply is not None:
+                error, body = reply
+                await self.send_reply(request.seq, error, body)
+        finally:
+            self._inflight.release()
 
     # ------------------------------------------------------------------ monitor
 

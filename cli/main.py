@@ -26,6 +26,7 @@ from ..transports import AddressError
 T = TypeVar("T")
 
 ENV_RPC_ADDR = "AGENTRPC_RPC_ADDR"
+ENV_RPC_TOKEN = "AGENTRPC_RPC_TOKEN"
 DEFAULT_RPC_ADDR = "127.0.0.1:8400"
 
 app = typer.Typer(
@@ -45,17 +46,29 @@ RpcAddr = Annotated[
     ),
 ]
 
+Token = Annotated[
+    str,
+    typer.Option(
+        "--token",
+        envvar=ENV_RPC_TOKEN,
+        help=f"RPC token, when the agent has rpc_token set; env {ENV_RPC_TOKEN}.",
+        show_default=False,
+    ),
+]
+
 
 def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(message, err=True)
     raise typer.Exit(code)
 
 
-def run_client(rpc_addr: str, action: Callable[[Client], Awaitable[T]], error_prefix: str) -> T:
+def run_client(
+    rpc_addr: str, token: str, action: Callable[[Client], Awaitable[T]], error_prefix: str
+) -> T:
     """Connect, handshake, run ``action``; turn expected failures into clean messages."""
 
     async def main() -> T:
-        async with Client(rpc_addr) as client:
+        async with Client(rpc_addr, token=token) as client:
             return await action(client)
 
     try:
@@ -148,6 +161,7 @@ def member_type(member: Member) -> str:
 @app.command()
 def members(
     rpc_addr: RpcAddr = DEFAULT_RPC_ADDR,
+    token: Token = "",
     wan: Annotated[bool, typer.Option("--wan", help="List the WAN pool.")] = False,
     detailed: Annotated[bool, typer.Option("--detailed", help="Show all tags.")] = False,
     status: Annotated[
@@ -160,7 +174,7 @@ def members(
         status_re = re.compile(status)
     except re.error as exc:
         fail(f"Failed to compile status regexp: {exc}")
-    found = run_client(rpc_addr, lambda c: c.members(wan=wan), "Error retrieving members")
+    found = run_client(rpc_addr, token, lambda c: c.members(wan=wan), "Error retrieving members")
     found = sorted((m for m in found if status_re.search(m.status)), key=lambda m: m.name)
     if not found:
         raise typer.Exit(2)
@@ -211,13 +225,16 @@ def _member_json(member: Member) -> dict[str, Any]:
 def join(
     addresses: Annotated[list[str] | None, typer.Argument(help="Addresses to join.")] = None,
     rpc_addr: RpcAddr = DEFAULT_RPC_ADDR,
+    token: Token = "",
     wan: Annotated[bool, typer.Option("--wan", help="Join the WAN pool (servers only).")] = False,
 ) -> None:
     """Tell the agent to join a cluster through one or more addresses."""
     if not addresses:
         fail("At least one address to join must be specified.")
     existing = list(addresses)
-    num = run_client(rpc_addr, lambda c: c.join(existing, wan=wan), "Error joining the cluster")
+    num = run_client(
+        rpc_addr, token, lambda c: c.join(existing, wan=wan), "Error joining the cluster"
+    )
     typer.echo(f"Successfully joined cluster by contacting {num} nodes.")
 
 
@@ -225,32 +242,33 @@ def join(
 def force_leave(
     nodes: Annotated[list[str] | None, typer.Argument(help="The failed node.")] = None,
     rpc_addr: RpcAddr = DEFAULT_RPC_ADDR,
+    token: Token = "",
 ) -> None:
     """Force a failed node into the left state."""
     if not nodes or len(nodes) != 1:
         fail("A node name must be specified to force leave.")
     node = nodes[0]
-    run_client(rpc_addr, lambda c: c.force_leave(node), "Error force leaving")
+    run_client(rpc_addr, token, lambda c: c.force_leave(node), "Error force leaving")
 
 
 @app.command()
-def leave(rpc_addr: RpcAddr = DEFAULT_RPC_ADDR) -> None:
+def leave(rpc_addr: RpcAddr = DEFAULT_RPC_ADDR, token: Token = "") -> None:
     """Gracefully leave the cluster and shut the agent down."""
-    run_client(rpc_addr, lambda c: c.leave(), "Error leaving")
+    run_client(rpc_addr, token, lambda c: c.leave(), "Error leaving")
     typer.echo("Graceful leave complete")
 
 
 @app.command()
-def reload(rpc_addr: RpcAddr = DEFAULT_RPC_ADDR) -> None:
+def reload(rpc_addr: RpcAddr = DEFAULT_RPC_ADDR, token: Token = "") -> None:
     """Reload the agent's configuration files."""
-    run_client(rpc_addr, lambda c: c.reload(), "Error reloading")
+    run_client(rpc_addr, token, lambda c: c.reload(), "Error reloading")
     typer.echo("Configuration reload triggered")
 
 
 @app.command()
-def info(rpc_addr: RpcAddr = DEFAULT_RPC_ADDR) -> None:
+def info(rpc_addr: RpcAddr = DEFAULT_RPC_ADDR, token: Token = "") -> None:
     """Show the agent's debugging statistics."""
-    sections = run_client(rpc_addr, lambda c: c.stats(), "Error querying agent")
+    sections = run_client(rpc_addr, token, lambda c: c.stats(), "Error querying agent")
     lines = []
     for section in sorted(sections):
         lines.append(f"{section}:")
@@ -267,6 +285,7 @@ REMOTE_ENDED = (
 @app.command()
 def monitor(
     rpc_addr: RpcAddr = DEFAULT_RPC_ADDR,
+    token: Token = "",
     log_level: Annotated[
         str, typer.Option("--log-level", help="Lowest level to stream (default INFO).")
     ] = "INFO",
@@ -293,7 +312,7 @@ def monitor(
         return interrupted
 
     try:
-        interrupted = run_client(rpc_addr, stream, "Error starting monitor")
+        interrupted = run_client(rpc_addr, token, stream, "Error starting monitor")
     except RPCError as exc:  # pragma: no cover - run_client already maps it
         fail(f"Error starting monitor: {exc}")
     if not interrupted:

@@ -269,3 +269,19 @@ async def test_serve_refuses_a_bad_config_and_a_busy_port(tmp_path: Path) -> Non
         assert busy.returncode == 1
         assert err(busy).splitlines()[-1].startswith("Error starting agent:")
         assert "Traceback" not in err(busy)
+
+
+async def test_token_flag_and_environment_variable(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('rpc_token = "hunter2"\n')
+    async with serve("--config-file", str(config)) as agent:
+        addr = ["--rpc-addr", agent.rpc_addr]
+        denied = await cli("members", *addr)
+        assert (denied.returncode, err(denied)) == (
+            1,
+            "Error retrieving members: Permission denied\n",
+        )
+        assert (await cli("members", "--token", "hunter2", *addr)).returncode == 0
+        by_env = await cli("info", *addr, env={"AGENTRPC_RPC_TOKEN": "hunter2"})
+        assert by_env.returncode == 0
+        assert "\tpermission_denied = 1" in out(by_env)
