@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -37,6 +37,19 @@ if TYPE_CHECKING:
     from .agent import Agent
 
 _EMPTY_MEMBERS = Encoded(ResponseEncoder().body({"Members": []}))
+_BUILD_SECTION: Final = {
+    "prerelease": build_info.PRERELEASE,
+    "revision": build_info.REVISION,
+    "version": build_info.VERSION,
+}
+_RUNTIME_SECTION: Final = {
+    "os": sys.platform,
+    "arch": platform.machine(),
+    "version": f"python{platform.python_version()}",
+    "implementation": platform.python_implementation().lower(),
+    "cpu_count": str(os.cpu_count() or 1),
+    "trio": trio.__version__,
+}
 
 
 class _MembersCache:
@@ -98,20 +111,8 @@ class AgentCommands:
                 "server": "true" if config.server else "false",
                 "uptime": f"{trio.current_time() - agent.started_at:.0f}s",
             },
-            "build": {
-                "prerelease": build_info.PRERELEASE,
-                "revision": build_info.REVISION,
-                "version": build_info.VERSION,
-            },
-            "runtime": {
-                "os": sys.platform,
-                "arch": platform.machine(),
-                "version": f"python{platform.python_version()}",
-                "implementation": platform.python_implementation().lower(),
-                "cpu_count": str(os.cpu_count() or 1),
-                "trio": trio.__version__,
-                "tasks": str(_count_tasks()),
-            },
+            "build": _BUILD_SECTION,
+            "runtime": _RUNTIME_SECTION,
             "serf_lan": agent.lan.stats(),
             "rpc": {
                 **agent.rpc_stats.as_strings(),
@@ -157,17 +158,3 @@ class AgentCommands:
 
     async def reload(self, _connection: RPCConnection, _request: Request) -> Reply:
         return self._agent.reload(), None
-
-
-def _count_tasks() -> int:
-    root = trio.lowlevel.current_root_task()
-    if root is None:
-        return 0
-    count = 0
-    stack = [root]
-    while stack:
-        task = stack.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
