@@ -40,6 +40,19 @@ class MemoryByteStream(trio.abc.HalfCloseableStream):
         except trio.BrokenResourceError:
             raise trio.BrokenResourceError("peer closed the stream") from None
 
+    def send_nowait(self, data: bytes) -> int | None:
+        """Queue ``data`` without waiting: its length, 0 when the peer's queue is full, or None
+        when the stream is closed (the awaiting ``send_all`` then raises the right error)."""
+        if self._closed or not data:
+            return None if self._closed else 0
+        try:
+            self._outgoing.send_nowait(bytes(data))
+        except trio.WouldBlock:
+            return 0
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return None
+        return len(data)
+
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.checkpoint()
 
