@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import math
 import signal
 import socket
 import traceback
@@ -23,7 +22,7 @@ import trio
 from . import build_info
 from .commands import AgentCommands
 from .config import RELOADABLE, AgentConfig, ConfigError, changed_settings, load_config
-from .logs import LogHub, LogSubscription, parse_level
+from .logs import WARN, LogHub, LogSubscription, parse_level
 from .membership.pool import LocalPool, MembershipPool
 from .protocol.bodies import IPAddress, Member
 from .rpc_connection import AsyncHandler, EngineLimits, InstantHandler, RPCConnection, RPCStats
@@ -122,7 +121,6 @@ class Agent:
         self._in_process = MemoryListener("in-process")
         self._connections: set[RPCConnection] = set()
         self._per_client: dict[str, int] = {}
-        self._next_refusal_log = -math.inf
         self._shutdown_requested = trio.Event()
         self._stopped = trio.Event()
 
@@ -210,7 +208,7 @@ class Agent:
         refusal = self._admit(client_ip)
         if refusal:
             self.rpc_stats.refused_connections += 1
-            self._log_refusal(f"refusing connection from {peer}: {refusal}")
+            self.rpc_log.throttled(WARN, "refused", f"refusing connection from {peer}: {refusal}")
             await trio.aclose_forcefully(stream)
             return
         self.rpc_log.debug(f"Accepted client: {peer}")
@@ -240,13 +238,6 @@ class Agent:
         if client_ip and self._per_client.get(client_ip, 0) >= config.max_connections_per_client:
             return f"{client_ip} already has {config.max_connections_per_client} connections"
         return ""
-
-    def _log_refusal(self, message: str) -> None:
-        """At most one refusal line per second: a connection flood must not flood the log."""
-        now = trio.current_time()
-        if now >= self._next_refusal_log:
-            self._next_refusal_log = now + 1.0
-            self.rpc_log.warn(message)
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGINT, signal.SIGTERM) as signals:

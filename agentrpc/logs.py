@@ -23,6 +23,7 @@ from .protocol.constants import LEVEL_INDEX, LOG_LEVELS
 
 RING_SIZE: Final = 512
 DEFAULT_MONITOR_QUEUE: Final = 512
+THROTTLE_INTERVAL: Final = 1.0
 
 TRACE, DEBUG, INFO, WARN, ERR = range(5)
 
@@ -81,10 +82,11 @@ class LogSubscription:
 class Logger:
     """A component's logger: ``hub.logger("agent.rpc").info("Accepted client: %s", peer)``."""
 
-    __slots__ = ("_emit", "component")
+    __slots__ = ("_emit", "_hub", "component")
 
     def __init__(self, hub: LogHub, component: str) -> None:
         self.component = component
+        self._hub = hub
         self._emit = hub.emit
 
     def log(self, level: int, message: str) -> None:
@@ -104,6 +106,11 @@ class Logger:
 
     def error(self, message: str) -> None:
         self._emit(ERR, self.component, message)
+
+    def throttled(self, level: int, key: str, message: str) -> None:
+        """Log at most one line per ``key`` per second; later lines say how many were held
+        back. For what a hostile peer can trigger at will (malformed input, floods)."""
+        self._hub.emit_throttled(level, self.component, key, message)
 
 
 class LogHub:
@@ -126,6 +133,8 @@ class LogHub:
         self._stamp = ""
         self.monitor_dropped = 0
         self.closed = False
+        self._throttle: dict[str, tuple[float, int]] = {}
+        self._monotonic = time.monotonic
 
     def logger(self, component: str) -> Logger:
         return Logger(self, component)
@@ -149,6 +158,19 @@ class LogHub:
         for subscription in self._subscribers:
             if level >= subscription.min_level:
                 subscription.offer(line)
+
+    def emit_throttled(self, level: int, component: str, key: str, message: str) -> None:
+        now = self._monotonic()
+        next_allowed, held = self._throttle.get(key, (0.0, 0))
+        if now < next_allowed:
+            self._throttle[key] = (next_allowed, held + 1)
+            return
+        if len(self._throttle) > 1024:  # keys are few; never let them grow without bound
+            self._throttle.clear()
+        self._throttle[key] = (now + THROTTLE_INTERVAL, 0)
+        if held:
+            message += f" ({held} similar lines held back)"
+        self.emit(level, component, message)
 
     def subscribe(self, min_level: int, queue_size: int = DEFAULT_MONITOR_QUEUE) -> LogSubscription:
         """A new subscription whose ``replay`` is the ring's lines at ``min_level`` or above.

@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol
 import msgpack
 import trio
 
-from .logs import Logger, LogSubscription
+from .logs import WARN, Logger, LogSubscription
 from .protocol import bodies
 from .protocol.codec import READ_SIZE, Request, RequestDecoder, ResponseEncoder
 from .protocol.constants import (
@@ -168,8 +168,8 @@ class RPCConnection:
         self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
         self._send, self._receive = trio.open_memory_channel[bytes](self._limits.send_queue)
         self._handshaken = False
+        # True only while the writer waits on an empty channel and nothing was queued since.
         self._writer_waiting = False
-        """True only while the writer waits on an empty channel and nothing was queued since."""
         self._inflight = trio.Semaphore(self._limits.max_inflight)
         self._monitor: _Monitor | None = None
         self._reader_scope = trio.CancelScope()
@@ -276,7 +276,11 @@ class RPCConnection:
             self._log.debug(f"closing idle connection from {self.peer}")
             return EndReason.IDLE_TIMEOUT
         self._stats.handshake_timeouts += 1
-        self._log.warn(f"closing connection from {self.peer}: no handshake within the deadline")
+        self._log.throttled(
+            WARN,
+            "handshake-timeout",
+            f"closing connection from {self.peer}: no handshake within the deadline",
+        )
         return EndReason.HANDSHAKE_TIMEOUT
 
     def _arm_idle_deadline(self) -> None:
@@ -290,7 +294,9 @@ class RPCConnection:
     async def _refuse(self, exc: ProtocolError) -> EndReason:
         """Answer a malformed request with a clear error where its Seq is known, then close."""
         self._stats.protocol_errors += 1
-        self._log.warn(f"closing connection from {self.peer}: malformed request: {exc}")
+        self._log.throttled(
+            WARN, "malformed", f"closing connection from {self.peer}: malformed request: {exc}"
+        )
         if exc.seq is not None:
             body = ERROR_BODIES.get(exc.command or "")
             with trio.move_on_after(self._limits.drain_timeout):

@@ -98,3 +98,20 @@ def test_parse_level(name: str, level: int) -> None:
 def test_parse_level_rejects_unknown() -> None:
     with pytest.raises(ValueError, match="unknown log level"):
         parse_level("loud")
+
+
+def test_throttled_lines_are_held_back_and_counted() -> None:
+    hub = LogHub(ERR, sink=io.StringIO())
+    clock = [100.0]
+    hub._monotonic = lambda: clock[0]
+    log = hub.logger("agent.rpc")
+    for _ in range(50):
+        log.throttled(WARN, "malformed", "bad client")
+    log.throttled(WARN, "other", "another kind")
+    clock[0] += 1.5
+    log.throttled(WARN, "malformed", "bad client")
+    lines = [line for _, line in hub._ring]
+    assert len(lines) == 3
+    assert lines[0].endswith("bad client")
+    assert lines[1].endswith("another kind")
+    assert lines[2].endswith("bad client (49 similar lines held back)")
