@@ -6,7 +6,7 @@ import io
 import itertools
 import os
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -143,3 +143,11 @@ class RawConnection:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+async def poll_until(predicate: Callable[[], bool]) -> None:
+    """Wait for a condition that only real sockets can bring about (no event to wait on):
+    bounded to 5 s, checked every 10 ms."""
+    with trio.fail_after(5):
+        while not predicate():  # noqa: ASYNC110 - real I/O, nothing to wait on
+            await trio.sleep(0.01)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 import trio.testing
-from rpc_helpers import RawConnection, running_agent
+from rpc_helpers import RawConnection, poll_until, running_agent
 from test_engine import SlowJoinPool
 
 from agentrpc import Client
@@ -62,10 +62,7 @@ async def test_per_client_connection_cap() -> None:
         assert await third.read_until_eof() == []  # closed at once, nothing said
         assert agent.rpc_stats.refused_connections == 1
         await first.aclose()
-        with trio.fail_after(5):
-            while agent.rpc_stats.connections > 1:
-                await trio.testing.wait_all_tasks_blocked()
-                await trio.sleep(0.01)
+        await poll_until(lambda: agent.rpc_stats.connections == 1)
         again = await RawConnection.open(agent)
         await again.handshake()
 
