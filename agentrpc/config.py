@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from .gossip.profiles import PROFILES
+from .gossip.security import KeyringError, parse_key
 from .logs import parse_level
 from .protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from .transports import AddressError, parse_address
@@ -36,6 +38,12 @@ class AgentConfig:
     server_addr: str = "127.0.0.1:8300"
     log_level: str = "INFO"
     rpc_token: str = ""
+    encrypt: str = ""
+    """Base64 gossip key (16, 24 or 32 bytes), as ``serf agent -encrypt``; "" for plaintext."""
+    gossip_lan_profile: str = "lan"
+    gossip_wan_profile: str = "wan"
+    reconnect_timeout: float = 86400.0
+    tombstone_timeout: float = 86400.0
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     handshake_timeout: float = 10.0
     idle_timeout: float = 0.0
@@ -126,6 +134,17 @@ def validate(config: AgentConfig) -> AgentConfig:
     for key in ("handshake_timeout", "drain_timeout"):
         if not 0 < getattr(config, key) <= 3600:
             raise ConfigError(f"{key} must be between 0 and 3600 seconds")
+    if config.encrypt:
+        try:
+            parse_key(config.encrypt)
+        except KeyringError as exc:
+            raise ConfigError(f"encrypt: {exc}") from None
+    for key in ("gossip_lan_profile", "gossip_wan_profile"):
+        if getattr(config, key) not in PROFILES:
+            raise ConfigError(f"{key} must be one of {', '.join(sorted(PROFILES))}")
+    for key in ("reconnect_timeout", "tombstone_timeout"):
+        if not 0 < getattr(config, key) <= 365 * 86400:
+            raise ConfigError(f"{key} must be between 0 and a year, in seconds")
     if not 0 <= config.idle_timeout <= 86400:
         raise ConfigError("idle_timeout must be between 0 (never) and 86400 seconds")
     for key in (

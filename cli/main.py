@@ -22,6 +22,7 @@ from ..client import AgentConnectionError, Client, ClientError, RPCError
 from ..config import AgentConfig, ConfigError, load_config
 from ..protocol.bodies import Member
 from ..transports import AddressError
+from . import proxy_command
 
 T = TypeVar("T")
 
@@ -317,6 +318,9 @@ def monitor(
         fail(f"Error starting monitor: {exc}")
     if not interrupted:
         fail(REMOTE_ENDED)
+
+
+proxy_command.register(app)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

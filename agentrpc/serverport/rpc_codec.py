@@ -1,0 +1,279 @@
+"""Sans-I/O codec of the server port's byte-0 RPC: Go's net/rpc over msgpack.
+
+The reference (hashicorp/net-rpc-msgpackrpc with go-msgpack, as Consul uses it) writes, for each
+call, two msgpack objects back to back with no length prefix:
+
+* request: the header ``rpc.Request`` then the body (the arguments);
+* response: the header ``rpc.Response`` then the body (the reply, ``{}`` when Error is set).
+
+go-msgpack encodes a Go struct as a map whose keys are the field names **sorted** (its
+``sfiSort``), so the request header is ``{Seq, ServiceMethod}`` and the response header
+``{Error, Seq, ServiceMethod}`` in that order on the wire. Consul's handle sets ``WriteExt``, so
+strings use the str8/str16/str32 families and byte slices bin: what msgpack-python produces with
+``use_bin_type=True``. Seq is a uint64 in its smallest encoding (positive fixint below 128).
+
+Decoding is lenient the way go-msgpack is: a header may also arrive as a positional array in the
+struct's declaration order (``[ServiceMethod, Seq]``, ``[ServiceMethod, Seq, Error]``), and a
+missing or nil field is the zero value. Size limits are enforced by msgpack before it allocates,
+as in :mod:`agentrpc.protocol.codec`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator
+from typing import Any, Final, NamedTuple
+
+import msgpack
+
+from ..protocol.constants import DEFAULT_MAX_FRAME_SIZE
+from ..protocol.errors import FrameTooLarge, ProtocolError
+
+
+class RPCType(enum.IntEnum):
+    """The type bytes of the server port (the reference's ``pool.RPCType``)."""
+
+    CONSUL = 0
+    RAFT = 1
+    MULTIPLEX = 2
+    TLS = 3
+    MULTIPLEX_V2 = 4
+    SNAPSHOT = 5
+    GOSSIP = 6
+    TLS_INSECURE = 7
+    GRPC = 8
+
+
+DEFAULT_SERVER_PORT: Final = 8300
+"""The reference's server port (``ports.server``)."""
+
+MAX_SEQ: Final = (1 << 64) - 1
+READ_SIZE: Final = 64 * 1024
+"""How much an engine reads at once; the decoder's buffer allows one object plus this."""
+
+EMPTY_BODY: Final = b"\x80"
+"""``{}``: Go's ``struct{}{}`` (net/rpc's ``invalidRequest``, sent as the body of every error)."""
+
+# Error texts of Go's net/rpc server, byte for byte.
+ERR_CANT_FIND_SERVICE: Final = "rpc: can't find service "
+ERR_CANT_FIND_METHOD: Final = "rpc: can't find method "
+ERR_ILL_FORMED: Final = "rpc: service/method request ill-formed: "
+
+_UNPACK_ERRORS: Final = (ValueError, TypeError, msgpack.exceptions.UnpackException)
+
+
+class RPCRequest(NamedTuple):
+    """One decoded request: the header's fields and the body (the arguments)."""
+
+    service_method: str
+    seq: int
+    body: Any
+
+
+class RPCResponse(NamedTuple):
+    """One decoded response: the header's fields and the body (the reply)."""
+
+    service_method: str
+    seq: int
+    error: str
+    body: Any
+
+
+def _new_unpacker(max_object_size: int) -> Any:
+    return msgpack.Unpacker(
+        raw=False,
+        strict_map_key=False,
+        max_buffer_size=max_object_size + READ_SIZE,
+        max_str_len=max_object_size,
+        max_bin_len=max_object_size,
+        max_array_len=max_object_size,
+        max_map_len=max_object_size // 2,
+        max_ext_len=max_object_size,
+    )
+
+
+def _field(header: object, name: str, position: int) -> object:
+    if type(header) is dict:
+        return header.get(name)
+    assert type(header) is list
+    return header[position] if position < len(header) else None
+
+
+def _header_fields(header: object, names: tuple[str, ...], what: str) -> list[object]:
+    if type(header) is not dict and type(header) is not list:
+        raise ProtocolError(f"{what} header must be a map, got {type(header).__name__}")
+    return [_field(header, name, position) for position, name in enumerate(names)]
+
+
+def _seq(value: object, what: str) -> int:
+    if value is None:
+        return 0
+    if type(value) is not int or not 0 <= value <= MAX_SEQ:
+        raise ProtocolError(f"{what} header needs Seq as an unsigned 64-bit integer")
+    return value
+
+
+def _text(value: object, name: str, what: str, seq: int) -> str:
+    if value is None:
+        return ""
+    if type(value) is not str:
+        raise ProtocolError(f"{what} header field {name} must be a string", seq=seq)
+    return value
+
+
+def parse_request_header(header: object) -> tuple[str, int]:
+    """``{ServiceMethod, Seq}`` (or ``[ServiceMethod, Seq]``) -> (service_method, seq)."""
+    method, seq = _header_fields(header, ("ServiceMethod", "Seq"), "request")
+    number = _seq(seq, "request")
+    return _text(method, "ServiceMethod", "request", number), number
+
+
+def parse_response_header(header: object) -> tuple[str, int, str]:
+    """``{Error, Seq, ServiceMethod}`` (or the positional array) -> (method, seq, error)."""
+    method, seq, error = _header_fields(header, ("ServiceMethod", "Seq", "Error"), "response")
+    number = _seq(seq, "response")
+    return (
+        _text(method, "ServiceMethod", "response", number),
+        number,
+        _text(error, "Error", "response", number),
+    )
+
+
+class _PairDecoder:
+    """Shared machinery: msgpack objects in, (header, body) pairs out."""
+
+    __slots__ = ("_header", "_unpacker", "max_object_size")
+
+    def __init__(self, max_object_size: int) -> None:
+        if max_object_size < 64:
+            raise ValueError("max_object_size must be at least 64 bytes")
+        self.max_object_size = max_object_size
+        self._unpacker = _new_unpacker(max_object_size)
+        self._header: Any = None
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes received from the peer."""
+        try:
+            self._unpacker.feed(data)
+        except msgpack.exceptions.BufferFull:
+            raise FrameTooLarge(
+                f"msgpack object exceeds the {self.max_object_size}-byte limit"
+            ) from None
+
+    @property
+    def awaiting_body(self) -> bool:
+        """True when a header has arrived and its body has not."""
+        return self._header is not None
+
+    def _next_object(self) -> tuple[bool, Any]:
+        try:
+            return True, next(self._unpacker)
+        except StopIteration:
+            return False, None
+        except _UNPACK_ERRORS as exc:
+            if isinstance(exc, ValueError) and "exceeds max_" in str(exc):
+                raise FrameTooLarge(
+                    f"msgpack object exceeds the {self.max_object_size}-byte limit"
+                ) from None
+            raise ProtocolError(f"undecodable msgpack: {exc}") from None
+
+
+class RequestDecoder(_PairDecoder):
+    """Server side: a byte stream from a client into :class:`RPCRequest` tuples.
+
+    The header is validated as soon as it arrives (a malformed one raises at once); the request
+    is returned when its body has arrived too, as net/rpc reads the body before it answers.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, max_object_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        super().__init__(max_object_size)
+
+    def next_request(self) -> RPCRequest | None:
+        """The next complete request, or None when more bytes are needed."""
+        while True:
+            ok, obj = self._next_object()
+            if not ok:
+                return None
+            header = self._header
+            if header is None:
+                self._header = parse_request_header(obj)
+                continue
+            self._header = None
+            return RPCRequest(header[0], header[1], obj)
+
+    def __iter__(self) -> Iterator[RPCRequest]:
+        while (request := self.next_request()) is not None:
+            yield request
+
+
+class ResponseDecoder(_PairDecoder):
+    """Client side: a byte stream from a server into :class:`RPCResponse` tuples."""
+
+    __slots__ = ()
+
+    def __init__(self, max_object_size: int = 64 * DEFAULT_MAX_FRAME_SIZE) -> None:
+        super().__init__(max_object_size)
+
+    def next_response(self) -> RPCResponse | None:
+        """The next complete response, or None when more bytes are needed."""
+        while True:
+            ok, obj = self._next_object()
+            if not ok:
+                return None
+            header = self._header
+            if header is None:
+                self._header = parse_response_header(obj)
+                continue
+            self._header = None
+            return RPCResponse(header[0], header[1], header[2], obj)
+
+    def __iter__(self) -> Iterator[RPCResponse]:
+        while (response := self.next_response()) is not None:
+            yield response
+
+
+class RPCEncoder:
+    """Encodes requests and responses (header and body, one contiguous chunk each)."""
+
+    __slots__ = ("_pack",)
+
+    def __init__(self) -> None:
+        self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+
+    def request(self, service_method: str, seq: int, body: Any) -> bytes:
+        """``{Seq, ServiceMethod}`` (sorted keys, as go-msgpack writes a struct) + body."""
+        if not 0 <= seq <= MAX_SEQ:
+            raise ValueError("seq must be an unsigned 64-bit integer")
+        pack = self._pack
+        return pack({"Seq": seq, "ServiceMethod": service_method}) + pack(body)
+
+    def response(self, service_method: str, seq: int, error: str, body: Any) -> bytes:
+        """``{Error, Seq, ServiceMethod}`` + body; with an Error the body is always ``{}``."""
+        pack = self._pack
+        head = pack({"Error": error, "Seq": seq, "ServiceMethod": service_method})
+        if error:
+            return head + EMPTY_BODY
+        return head + pack(body)
+
+
+def encode_request(service_method: str, seq: int, body: Any) -> bytes:
+    """A request frame (header then body)."""
+    return RPCEncoder().request(service_method, seq, body)
+
+
+def encode_response(service_method: str, seq: int, error: str, body: Any) -> bytes:
+    """A response frame (header then body)."""
+    return RPCEncoder().response(service_method, seq, error, body)
+
+
+def lookup_error(service_method: str, services: frozenset[str] | set[str]) -> str:
+    """The error net/rpc's server gives for a method it does not serve ("" when it does not
+    apply): ill-formed without a dot, unknown service, else unknown method."""
+    dot = service_method.rfind(".")
+    if dot < 0:
+        return ERR_ILL_FORMED + service_method
+    if service_method[:dot] not in services:
+        return ERR_CANT_FIND_SERVICE + service_method
+    return ERR_CANT_FIND_METHOD + service_method

@@ -1,0 +1,173 @@
+"""The server port: one listener, the first-byte router, the RPC endpoints; and what a
+client-mode agent needs to ask a server over it (``members-wan`` forwarding).
+
+Wiring, for the agent::
+
+    endpoints = Endpoints()                         # Status.Ping included
+    endpoints.register(MEMBERS_WAN_ENDPOINT, members_wan_endpoint(agent.wan.members))
+    port = ServerPort(config.server_addr, endpoints, tls, hub.logger("agent.server.rpc"))
+    address = await nursery.start(port.run)         # the really bound address
+    pool.set_local([address], port.call_local)      # calls to ourselves stay in-process
+    ...
+    port.set_max_conns_per_client(n)                # on reload
+    port.shutdown()                                 # run() returns once connections drained
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import trio
+
+from ..logs import Logger
+from ..protocol.bodies import Member
+from ..transports import DEFAULT_NETWORK, Address, AddressError, MemoryNetwork, open_listeners
+from ..transports import parse_address as _parse
+from .endpoints import Endpoints, Handler, RemoteError, RPCCallError, RPCServer
+from .pool import ConnectionPool
+from .router import GossipStreamHandler, Router, RouterLimits
+from .rpc_codec import DEFAULT_SERVER_PORT
+from .tls import TLSConfig
+from .yamux_session import quiet_logger
+
+MEMBERS_WAN_ENDPOINT: Final = "Agent.MembersWAN"
+"""Body ``{}`` in; ``{"Members": [Member wire dicts]}`` out (the agent RPC's members body)."""
+DEFAULT_DRAIN_TIMEOUT: Final = 2.0
+
+
+class ServerPort:
+    """Listens on ``bind`` and serves every connection through a :class:`Router`."""
+
+    def __init__(
+        self,
+        bind: str | Address,
+        endpoints: Endpoints,
+        tls: TLSConfig | None,
+        logger: Logger,
+        limits: RouterLimits | None = None,
+        *,
+        gossip_handler: GossipStreamHandler | None = None,
+        network: MemoryNetwork = DEFAULT_NETWORK,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    ) -> None:
+        self.bind = bind if isinstance(bind, Address) else _parse(bind)
+        self.endpoints = endpoints
+        self.limits = limits = limits or RouterLimits()
+        self.rpc = RPCServer(endpoints, logger, max_object_size=limits.max_object_size)
+        self.router = Router(
+            self.rpc, logger, tls=tls, limits=limits, gossip_handler=gossip_handler
+        )
+        self.address: Address | None = None
+        """The address really bound (known once :meth:`run` has started)."""
+        self._log = logger
+        self._network = network
+        self._drain_timeout = drain_timeout
+        self._shutdown = trio.Event()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen and serve until :meth:`shutdown`; ``task_status.started(bound address)``.
+
+        On shutdown the listener closes first, yamux sessions go away, and connections get
+        ``drain_timeout`` seconds to finish before they are cancelled.
+        """
+        bound = await open_listeners(self.bind, network=self._network)
+        listeners = [listener for listener, _ in bound]
+        self.address = bound[0][1]
+        for _, address in bound:
+            self._log.info(f"server port listening on {address}")
+        try:
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as services:
+                    services.start_soon(
+                        functools.partial(
+                            trio.serve_listeners,
+                            self.router.handle_connection,
+                            listeners,
+                            handler_nursery=connections,
+                        )
+                    )
+                    task_status.started(self.address)
+                    await self._shutdown.wait()
+                    services.cancel_scope.cancel()
+                self.router.close_sessions()
+                connections.cancel_scope.deadline = trio.current_time() + self._drain_timeout
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+
+    def shutdown(self) -> None:
+        """Stop accepting and close; :meth:`run` returns once connections are done."""
+        self._shutdown.set()
+
+    async def call_local(self, method: str, args: Any) -> Any:
+        """Call an endpoint in-process: a memory stream through the same router."""
+        return await self.router.call_local(method, args)
+
+    def set_max_conns_per_client(self, limit: int) -> None:
+        self.router.set_max_conns_per_client(limit)
+
+    def set_gossip_handler(self, handler: GossipStreamHandler | None) -> None:
+        self.router.set_gossip_handler(handler)
+
+
+# ---------------------------------------------------------------------- members-wan
+
+
+def members_wan_endpoint(source: Callable[[], Iterable[Member]]) -> Handler:
+    """The server's ``Agent.MembersWAN`` endpoint over a source of members (the WAN pool)."""
+
+    def members_wan(_body: Any) -> dict[str, Any]:
+        return {"Members": [member.to_wire() for member in source()]}
+
+    return members_wan
+
+
+def server_addresses(members: Iterable[Member]) -> list[str]:
+    """Server ports of the live servers among LAN members (tags ``role=consul``, ``port``)."""
+    found: list[str] = []
+    for member in members:
+        tags = member.tags
+        port = tags.get("port", "")
+        if member.status != "alive" or tags.get("role") != "consul" or not port.isdigit():
+            continue
+        host = str(member.addr)
+        found.append(f"[{host}]:{port}" if member.addr.version == 6 else f"{host}:{port}")
+    return found
+
+
+async def forward_members_wan(
+    pool: ConnectionPool, servers: Iterable[str | Address], *, logger: Logger | None = None
+) -> list[dict[str, Any]] | None:
+    """Ask the servers, in order, for their WAN members; the first good answer wins.
+
+    Returns the Member wire dicts (as :meth:`Member.to_wire` makes them), or None when no
+    server answered (a client-mode agent then answers ``members-wan`` with an empty list).
+    """
+    log = logger or quiet_logger("agent.client")
+    for server in servers:
+        try:
+            reply = await pool.call(server, MEMBERS_WAN_ENDPOINT, {})
+        except (RPCCallError, RemoteError, AddressError) as exc:
+            log.debug(f"members-wan: server {server} did not answer: {exc}")
+            continue
+        members = reply.get("Members") if isinstance(reply, dict) else None
+        if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+            log.warn(f"members-wan: server {server} sent a malformed reply")
+            continue
+        return members
+    return None
+
+
+__all__ = [
+    "DEFAULT_DRAIN_TIMEOUT",
+    "DEFAULT_SERVER_PORT",
+    "MEMBERS_WAN_ENDPOINT",
+    "ServerPort",
+    "forward_members_wan",
+    "members_wan_endpoint",
+    "server_addresses",
+]
