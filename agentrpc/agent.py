@@ -21,11 +21,22 @@ import trio
 
 from . import build_info
 from .commands import AgentCommands
-from .config import RELOADABLE, AgentConfig, ConfigError, changed_settings, load_config
+from .config import (
+    RELOADABLE,
+    AgentConfig,
+    ConfigError,
+    changed_settings,
+    load_config,
+    tls_config,
+)
 from .logs import WARN, LogHub, LogSubscription, parse_level
 from .membership.pool import LocalPool, MembershipPool
 from .protocol.bodies import IPAddress, Member
 from .rpc_connection import AsyncHandler, EngineLimits, InstantHandler, RPCConnection, RPCStats
+from .serverport.endpoints import Endpoints
+from .serverport.pool import ConnectionPool
+from .serverport.router import RouterLimits
+from .serverport.server import MEMBERS_WAN_ENDPOINT, ServerPort, members_wan_endpoint
 from .transports import (
     DEFAULT_NETWORK,
     Address,
@@ -90,6 +101,14 @@ def local_member(config: AgentConfig, *, wan: bool) -> Member:
     )
 
 
+class AgentStartError(Exception):
+    """The agent could not start (an address in use, a bad certificate, ...)."""
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
 class Agent:
     """One agent: config, log, pools, RPC listeners and connections."""
 
@@ -123,6 +142,9 @@ class Agent:
         self._per_client: dict[str, int] = {}
         self._shutdown_requested = trio.Event()
         self._stopped = trio.Event()
+        self.rpc_pool: ConnectionPool | None = None
+        self.server_port: ServerPort | None = None
+        self.server_address: Address | None = None
 
     # ---------------------------------------------------------------- RPCServices
 
@@ -149,14 +171,98 @@ class Agent:
         handle_signals: bool = False,
         task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until :meth:`shutdown`; ``task_status.started`` fires once listening."""
+        """Serve until :meth:`shutdown`; ``task_status.started`` fires once listening.
+
+        Binding failures (an address in use, say) raise :class:`AgentStartError`.
+        """
         config = self.config
         self.started_at = trio.current_time()
-        bound = await open_listeners(parse_address(config.rpc_addr), network=self._network)
+        try:
+            bound = await open_listeners(parse_address(config.rpc_addr), network=self._network)
+        except OSError as exc:
+            raise AgentStartError(f"RPC address {config.rpc_addr}: {_os_reason(exc)}") from exc
         listeners: list[trio.abc.Listener[trio.abc.Stream]] = [self._in_process]
         for listener, address in bound:
             listeners.append(listener)
             self.rpc_addresses.append(address)
+        start_error: AgentStartError | None = None
+        try:
+            async with trio.open_nursery() as background:
+                try:
+                    await self._start_background(background)
+                except AgentStartError as exc:
+                    start_error = exc
+                    background.cancel_scope.cancel()
+                else:
+                    await self._serve(listeners, handle_signals, task_status)
+                    self._stop_background()
+                    background.cancel_scope.deadline = (
+                        trio.current_time() + self.limits.drain_timeout
+                    )
+        finally:
+            if start_error is not None:
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+            self._stopped.set()
+        if start_error is not None:
+            raise start_error
+
+    async def _start_background(self, nursery: trio.Nursery) -> None:
+        """What outlives the RPC connections: the server port and the RPC connection pool."""
+        config = self.config
+        tls = tls_config(config)
+        pool = ConnectionPool(tls=tls, logger=self.hub.logger("agent.pool"), network=self._network)
+        self.rpc_pool = await nursery.start(pool.run)
+        if config.server:
+            endpoints = Endpoints()
+            endpoints.register(MEMBERS_WAN_ENDPOINT, members_wan_endpoint(self._wan_members))
+            limits = RouterLimits(
+                first_byte_timeout=config.server_first_byte_timeout,
+                max_conns_per_client=config.rpc_max_conns_per_client,
+                max_object_size=config.max_frame_size,
+            )
+            port = ServerPort(
+                config.server_addr,
+                endpoints,
+                tls,
+                self.hub.logger("agent.server"),
+                limits,
+                network=self._network,
+            )
+            try:
+                address = await nursery.start(port.run)
+            except OSError as exc:
+                raise AgentStartError(
+                    f"server address {config.server_addr}: {_os_reason(exc)}"
+                ) from exc
+            self.server_port = port
+            self.server_address = address
+            pool.set_local([address], port.call_local)
+            self._set_server_port_tag(address.port)
+
+    def _stop_background(self) -> None:
+        if self.server_port is not None:
+            self.server_port.shutdown()
+        if self.rpc_pool is not None:
+            self.rpc_pool.close()
+
+    def _wan_members(self) -> list[Member]:
+        return self.wan.members() if self.wan is not None else []
+
+    def _set_server_port_tag(self, port: int) -> None:
+        """Advertise the port really bound (port 0 in the config picks one)."""
+        for pool in (self.lan, self.wan):
+            if isinstance(pool, LocalPool) and pool.local.tags.get("port") != str(port):
+                pool.set_local(replace(pool.local, tags={**pool.local.tags, "port": str(port)}))
+
+    async def _serve(
+        self,
+        listeners: list[trio.abc.Listener[trio.abc.Stream]],
+        handle_signals: bool,
+        task_status: trio.TaskStatus[Agent],
+    ) -> None:
+        config = self.config
+        for address in self.rpc_addresses:
             self.rpc_log.info(f"RPC listening on {address}")
         if not config.rpc_token and not all(a.is_loopback for a in self.rpc_addresses):
             self.rpc_log.warn(
@@ -167,25 +273,22 @@ class Agent:
             f"agent started: node {config.node_name!r}, datacenter {config.datacenter!r}, "
             f"{'server' if config.server else 'client'} mode, version {build_info.VERSION}"
         )
-        try:
-            async with trio.open_nursery() as connections:
-                async with trio.open_nursery() as services:
-                    services.start_soon(
-                        functools.partial(
-                            trio.serve_listeners,
-                            self._serve_connection,
-                            listeners,
-                            handler_nursery=connections,
-                        )
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as services:
+                services.start_soon(
+                    functools.partial(
+                        trio.serve_listeners,
+                        self._serve_connection,
+                        listeners,
+                        handler_nursery=connections,
                     )
-                    if handle_signals:
-                        services.start_soon(self._watch_signals)
-                    task_status.started(self)
-                    await self._shutdown_requested.wait()
-                    services.cancel_scope.cancel()
-                await self._close_connections(connections)
-        finally:
-            self._stopped.set()
+                )
+                if handle_signals:
+                    services.start_soon(self._watch_signals)
+                task_status.started(self)
+                await self._shutdown_requested.wait()
+                services.cancel_scope.cancel()
+            await self._close_connections(connections)
 
     def shutdown(self) -> None:
         """Ask the agent to stop; :meth:`run` returns once everything is closed."""
@@ -282,6 +385,8 @@ class Agent:
             return message
         changed = changed_settings(old, new)
         needs_restart = [name for name in changed if name not in RELOADABLE]
+        if self.server_port is not None:
+            self.server_port.set_max_conns_per_client(new.rpc_max_conns_per_client)
         if needs_restart:
             self.log.warn(
                 "these settings changed but take effect only after a restart: "

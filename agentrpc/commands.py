@@ -32,6 +32,7 @@ from .protocol.constants import (
     STATS,
 )
 from .rpc_connection import AsyncHandler, InstantHandler, Reply, RPCConnection
+from .serverport.server import forward_members_wan, server_addresses
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -77,26 +78,46 @@ class AgentCommands:
         self._agent = agent
         self._lan_members = _MembersCache(agent.lan)
         self._wan_members = _MembersCache(agent.wan) if agent.wan is not None else None
-        self.instant: Mapping[str, InstantHandler] = {
-            MEMBERS_LAN: self.members_lan,
-            MEMBERS_WAN: self.members_wan,
-            STATS: self.stats,
-        }
-        self.async_: Mapping[str, AsyncHandler] = {
+        instant: dict[str, InstantHandler] = {MEMBERS_LAN: self.members_lan, STATS: self.stats}
+        slow: dict[str, AsyncHandler] = {
             JOIN: self.join,
             FORCE_LEAVE: self.force_leave,
             LEAVE: self.leave,
             RELOAD: self.reload,
         }
+        if self._wan_members is not None:
+            instant[MEMBERS_WAN] = self.members_wan
+        else:
+            # A client has no WAN pool: it asks a server it knows over the server port.
+            slow[MEMBERS_WAN] = self.members_wan_from_servers
+        self.instant: Mapping[str, InstantHandler] = instant
+        self.async_: Mapping[str, AsyncHandler] = slow
 
     def members_lan(self, _body: Any) -> Reply:
         return "", self._lan_members.body()
 
     def members_wan(self, _body: Any) -> Reply:
-        # A client-mode agent has no WAN pool: an empty list and no error, as the reference.
-        if self._wan_members is None:
-            return "", _EMPTY_MEMBERS
+        assert self._wan_members is not None
         return "", self._wan_members.body()
+
+    async def members_wan_from_servers(
+        self, _connection: RPCConnection, _request: Request
+    ) -> Reply:
+        """On a client: the WAN members as a server of the LAN pool sees them. When no server
+        answers, an empty list and no error, as the reference always answers a client."""
+        agent = self._agent
+        servers = server_addresses(agent.lan.members())
+        members = None
+        if servers and agent.rpc_pool is not None:
+            members = await forward_members_wan(agent.rpc_pool, servers, logger=agent.log)
+        if members is None:
+            agent.log.debug(
+                "members-wan: no server answered"
+                + (f" (tried {', '.join(servers)})" if servers else " (no server known)")
+                + "; answering with an empty list"
+            )
+            return "", _EMPTY_MEMBERS
+        return "", {"Members": members}
 
     def stats(self, _body: Any) -> Reply:
         return "", self.stats_sections()

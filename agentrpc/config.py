@@ -20,6 +20,7 @@ from .gossip.profiles import PROFILES
 from .gossip.security import KeyringError, parse_key
 from .logs import parse_level
 from .protocol.constants import DEFAULT_MAX_FRAME_SIZE
+from .serverport.tls import TLSConfig, TLSConfigError
 from .transports import AddressError, parse_address
 
 
@@ -38,6 +39,14 @@ class AgentConfig:
     server_addr: str = "127.0.0.1:8300"
     log_level: str = "INFO"
     rpc_token: str = ""
+    rpc_max_conns_per_client: int = 100
+    """Connections at once from one IP on the server port (0: no limit)."""
+    server_first_byte_timeout: float = 5.0
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    verify_incoming: bool = False
+    verify_outgoing: bool = False
     encrypt: str = ""
     """Base64 gossip key (16, 24 or 32 bytes), as ``serf agent -encrypt``; "" for plaintext."""
     gossip_lan_profile: str = "lan"
@@ -60,6 +69,7 @@ RELOADABLE: Final = frozenset(
     {
         "log_level",
         "rpc_token",
+        "rpc_max_conns_per_client",
         "max_frame_size",
         "handshake_timeout",
         "idle_timeout",
@@ -134,6 +144,14 @@ def validate(config: AgentConfig) -> AgentConfig:
     for key in ("handshake_timeout", "drain_timeout"):
         if not 0 < getattr(config, key) <= 3600:
             raise ConfigError(f"{key} must be between 0 and 3600 seconds")
+    if not 0 <= config.rpc_max_conns_per_client <= 1_000_000:
+        raise ConfigError("rpc_max_conns_per_client must be between 0 (no limit) and 1000000")
+    if not 0 < config.server_first_byte_timeout <= 3600:
+        raise ConfigError("server_first_byte_timeout must be between 0 and 3600 seconds")
+    try:
+        tls_config(config)
+    except TLSConfigError as exc:
+        raise ConfigError(f"TLS: {exc}") from None
     if config.encrypt:
         try:
             parse_key(config.encrypt)
@@ -157,6 +175,21 @@ def validate(config: AgentConfig) -> AgentConfig:
         if not 1 <= getattr(config, key) <= 1_000_000:
             raise ConfigError(f"{key} must be between 1 and 1000000")
     return config
+
+
+def tls_config(config: AgentConfig) -> TLSConfig | None:
+    """The server port's TLS settings, or None when no TLS file is configured."""
+    if not (config.ca_file or config.cert_file or config.key_file):
+        if config.verify_incoming or config.verify_outgoing:
+            raise TLSConfigError("verify_incoming/verify_outgoing need ca_file (and a cert)")
+        return None
+    return TLSConfig(
+        ca_file=config.ca_file or None,
+        cert_file=config.cert_file or None,
+        key_file=config.key_file or None,
+        verify_incoming=config.verify_incoming,
+        verify_outgoing=config.verify_outgoing,
+    )
 
 
 def load_config(

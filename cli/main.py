@@ -17,7 +17,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import trio
 import typer
 
-from ..agent import Agent
+from ..agent import Agent, AgentStartError
 from ..client import AgentConnectionError, Client, ClientError, RPCError
 from ..config import AgentConfig, ConfigError, load_config
 from ..protocol.bodies import Member
@@ -146,8 +146,8 @@ def serve(
     agent = Agent(config, overrides=overrides)
     try:
         trio.run(lambda: agent.run(handle_signals=True))
-    except OSError as exc:
-        fail(f"Error starting agent: {exc.strerror or exc}")
+    except AgentStartError as exc:
+        fail(f"Error starting agent: {exc}")
     except KeyboardInterrupt:
         raise typer.Exit(1) from None
 

@@ -47,6 +47,7 @@ async def running_agent(
         "rpc_addr": rpc_addr_for(transport),
         "serf_lan_addr": "127.0.0.1:8301",
         "serf_wan_addr": "127.0.0.1:8302",
+        "server_addr": "127.0.0.1:0",
         "log_level": "TRACE",
         **settings,
     }

@@ -67,6 +67,11 @@ class LocalPool:
     def local(self) -> Member:
         return self._local
 
+    def set_local(self, member: Member) -> None:
+        """Replace what the pool says of the local node (tags changed, say)."""
+        self._local = member
+        self._version += 1
+
     def members(self) -> list[Member]:
         return [self._local]
 

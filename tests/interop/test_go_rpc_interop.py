@@ -37,7 +37,8 @@ async def our_agent() -> AsyncIterator[tuple[trio.Process, str]]:
     rpc_addr = f"127.0.0.1:{port}"
     process = await trio.lowlevel.open_process(
         [*CLI, "serve", "--node", "ours", "--rpc-addr", rpc_addr,
-         "--serf-lan-addr", "127.0.0.1:0", "--serf-wan-addr", "127.0.0.1:0"],
+         "--serf-lan-addr", "127.0.0.1:0", "--serf-wan-addr", "127.0.0.1:0",
+         "--server-addr", "127.0.0.1:0"],
         stderr=subprocess.PIPE,
     )  # fmt: skip
     assert process.stderr is not None
