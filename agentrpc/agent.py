@@ -29,7 +29,10 @@ from .config import (
     load_config,
     tls_config,
 )
+from .gossip.contract import GossipAddress
+from .gossip.transport import MemoryGossipNetwork
 from .logs import WARN, LogHub, LogSubscription, parse_level
+from .membership.gossip_setup import gossip_transport, pool_specs, start_pool
 from .membership.pool import LocalPool, MembershipPool
 from .protocol.bodies import IPAddress, Member
 from .rpc_connection import AsyncHandler, EngineLimits, InstantHandler, RPCConnection, RPCStats
@@ -121,13 +124,19 @@ class Agent:
         network: MemoryNetwork = DEFAULT_NETWORK,
         lan: MembershipPool | None = None,
         wan: MembershipPool | None = None,
+        gossip_network: MemoryGossipNetwork | None = None,
     ) -> None:
+        """``lan``/``wan``: pools to use instead of gossip (tests); ``gossip_network``: gossip
+        over an in-process network instead of UDP/TCP sockets (tests, simulations)."""
         self.config = config
         self._overrides = dict(overrides or {})
         self._network = network
         self.hub = LogHub(parse_level(config.log_level), sink=log_sink)
         self.log = self.hub.logger("agent")
         self.rpc_log = self.hub.logger("agent.rpc")
+        self._gossip_network = gossip_network
+        self._gossip_pools = lan is None
+        self.gossip_addresses: dict[str, GossipAddress] = {}
         self.lan: MembershipPool = lan or LocalPool("lan", local_member(config, wan=False))
         self.wan: MembershipPool | None = None
         if config.server:
@@ -143,6 +152,7 @@ class Agent:
         self._shutdown_requested = trio.Event()
         self._stopped = trio.Event()
         self.rpc_pool: ConnectionPool | None = None
+        self._gossip_stop = trio.Event()
         self.server_port: ServerPort | None = None
         self.server_address: Address | None = None
 
@@ -239,8 +249,49 @@ class Agent:
             self.server_address = address
             pool.set_local([address], port.call_local)
             self._set_server_port_tag(address.port)
+        if self._gossip_pools:
+            await nursery.start(self._run_gossip)
+        # The command table caches per pool: build it once the pools are final.
+        self._commands = AgentCommands(self)
+
+    async def _run_gossip(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Own the gossip pools' tasks: start them, then run until :meth:`_stop_background`."""
+        error: AgentStartError | None = None
+        async with trio.open_nursery() as nursery:
+            try:
+                await self._start_gossip(nursery)
+            except AgentStartError as exc:
+                error = exc
+            else:
+                task_status.started()
+                await self._gossip_stop.wait()
+            nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
+
+    async def _start_gossip(self, nursery: trio.Nursery) -> None:
+        config = self.config
+        tags = local_tags(config)
+        if self.server_address is not None:
+            tags["port"] = str(self.server_address.port)
+        transport = gossip_transport(self._gossip_network)
+        for spec in pool_specs(config):
+            try:
+                pool, bound = await start_pool(nursery, spec, config, tags, self.hub, transport)
+            except OSError as exc:
+                address = config.serf_lan_addr if spec.kind == "lan" else config.serf_wan_addr
+                raise AgentStartError(
+                    f"serf {spec.kind.upper()} address {address}: {_os_reason(exc)}"
+                ) from exc
+            self.gossip_addresses[spec.kind] = bound
+            self.hub.logger("agent").info(f"serf {spec.kind.upper()} gossip on {bound}")
+            if spec.kind == "lan":
+                self.lan = pool
+            else:
+                self.wan = pool
 
     def _stop_background(self) -> None:
+        self._gossip_stop.set()
         if self.server_port is not None:
             self.server_port.shutdown()
         if self.rpc_pool is not None:

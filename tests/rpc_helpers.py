@@ -15,6 +15,7 @@ import trio
 
 from agentrpc.agent import Agent
 from agentrpc.config import load_config
+from agentrpc.gossip.transport import MemoryGossipNetwork
 from agentrpc.membership.pool import MembershipPool
 from agentrpc.protocol.codec import Response, ResponseDecoder
 from agentrpc.transports import Address, MemoryNetwork, connect
@@ -39,9 +40,11 @@ async def running_agent(
     lan: MembershipPool | None = None,
     files: Sequence[str] = (),
     network: MemoryNetwork | None = None,
+    gossip_network: MemoryGossipNetwork | None = None,
     **settings: Any,
 ) -> AsyncIterator[Agent]:
-    """An agent serving on ``transport``, shut down (and awaited) on exit."""
+    """An agent serving on ``transport``, shut down (and awaited) on exit. Its gossip runs
+    over an in-process network (a fresh one unless ``gossip_network`` is shared)."""
     overrides: dict[str, Any] = {
         "node_name": "node1",
         "rpc_addr": rpc_addr_for(transport),
@@ -52,7 +55,7 @@ async def running_agent(
         **settings,
     }
     config = load_config(files, overrides)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"gossip_network": gossip_network or MemoryGossipNetwork()}
     if network is not None:
         kwargs["network"] = network
     agent = Agent(config, overrides=overrides, log_sink=io.StringIO(), lan=lan, **kwargs)

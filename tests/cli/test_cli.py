@@ -154,7 +154,8 @@ async def test_join_and_force_leave_messages() -> None:
         )
         failed = await cli("join", "127.0.0.1:9", *addr)
         assert failed.returncode == 1
-        assert err(failed).startswith("Error joining the cluster: Failed to join 127.0.0.1:9")
+        assert err(failed).startswith("Error joining the cluster: 1 error(s) occurred:")
+        assert "* Failed to join 127.0.0.1" in err(failed)
         wan = await cli("join", "--wan", "127.0.0.1:9", *addr)
         assert err(wan) == "Error joining the cluster: Must be a server to join WAN cluster\n"
         for args in ([], ["a", "b"]):

@@ -128,7 +128,7 @@ async def test_members_wan_on_a_server_and_a_client(transport: str) -> None:
         assert lan[0]["Tags"]["role"] == "node"
 
 
-async def test_join_fails_honestly_without_gossip(transport: str) -> None:
+async def test_join_to_nobody_fails_honestly(transport: str) -> None:
     async with running_agent(transport) as agent:
         conn = await RawConnection.open(agent)
         await conn.handshake()
@@ -136,7 +136,7 @@ async def test_join_fails_honestly_without_gossip(transport: str) -> None:
             "join", {"Existing": ["127.0.0.1:1"], "WAN": False}, reply_body=True
         )
         assert response.body == {"Num": 0}
-        assert response.error.startswith("Failed to join 127.0.0.1:1")
+        assert response.error.startswith("1 error(s) occurred:\n\n* Failed to join 127.0.0.1")
         empty = await conn.call("join", {"Existing": [], "WAN": False}, reply_body=True)
         assert empty == Response(empty.seq, "", {"Num": 0})
 

@@ -82,7 +82,9 @@ async def test_a_slow_handler_does_not_delay_a_fast_one(transport: str) -> None:
         assert second == Response(join_seq, "", {"Num": 1})
 
 
-async def test_closing_the_connection_cancels_its_handlers() -> None:
+async def test_closing_the_connection_cancels_its_handlers(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     pool = SlowJoinPool()
     async with running_agent("memory", lan=pool) as agent:
         conn = await RawConnection.open(agent)

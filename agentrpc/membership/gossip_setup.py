@@ -1,0 +1,110 @@
+"""Building an agent's gossip pools: memberlist plus serf for LAN (and WAN on a server).
+
+Kept apart from the agent so the wiring (which names, tags, profiles, keys and transports go
+where) reads in one place, and so simulations can build pools the same way the agent does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+import trio
+
+from ..config import AgentConfig
+from ..gossip.contract import GossipAddress, GossipTransport
+from ..gossip.memberlist import Memberlist, MemberlistConfig
+from ..gossip.profiles import PROFILES
+from ..gossip.security import Keyring, parse_key
+from ..gossip.serf import SerfConfig
+from ..gossip.transport import MemoryGossipNetwork, MemoryGossipTransport, UdpTcpTransport
+from ..logs import LogHub
+from ..transports import parse_address
+from .gossip_pool import GossipPool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """What one pool of this agent is: its kind, node name, bind address and profile."""
+
+    kind: str  # "lan" or "wan"
+    node_name: str
+    bind: GossipAddress
+    profile_name: str
+
+
+def _bind_address(text: str) -> GossipAddress:
+    address = parse_address(text)
+    host = address.host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        host = socket.gethostbyname(host)  # a name in the config: resolved once, at start
+    return GossipAddress(host, address.port)
+
+
+def pool_specs(config: AgentConfig) -> list[PoolSpec]:
+    """The LAN pool, and on a server the WAN pool whose member names are ``node.dc``."""
+    specs = [
+        PoolSpec("lan", config.node_name, _bind_address(config.serf_lan_addr),
+                 config.gossip_lan_profile),
+    ]  # fmt: skip
+    if config.server:
+        specs.append(
+            PoolSpec("wan", f"{config.node_name}.{config.datacenter}",
+                     _bind_address(config.serf_wan_addr), config.gossip_wan_profile)
+        )  # fmt: skip
+    return specs
+
+
+def gossip_transport(network: MemoryGossipNetwork | None) -> GossipTransport:
+    """UDP and TCP on real sockets, or an in-process network (tests, simulations)."""
+    return MemoryGossipTransport(network) if network is not None else UdpTcpTransport()
+
+
+def keyring_for(config: AgentConfig) -> Keyring | None:
+    return Keyring(parse_key(config.encrypt)) if config.encrypt else None
+
+
+async def start_pool(
+    nursery: trio.Nursery,
+    spec: PoolSpec,
+    config: AgentConfig,
+    tags: dict[str, str],
+    hub: LogHub,
+    transport: GossipTransport,
+) -> tuple[GossipPool, GossipAddress]:
+    """Build one pool and start its memberlist and serf maintenance in ``nursery``.
+
+    Returns the pool and the address memberlist really bound (port 0 picks one). Binding
+    errors (``OSError``) propagate from here, before anything else is started.
+    """
+    keyring = keyring_for(config)
+    pool = GossipPool(
+        spec.kind,
+        SerfConfig(
+            node_name=spec.node_name,
+            tags=tags,
+            reconnect_timeout=config.reconnect_timeout,
+            tombstone_timeout=config.tombstone_timeout,
+        ),
+        logger=hub.logger("serf"),
+        encrypted=keyring is not None,
+    )
+    memberlist = Memberlist(
+        MemberlistConfig(
+            name=spec.node_name,
+            bind=spec.bind,
+            profile=PROFILES[spec.profile_name],
+            keyring=keyring,
+        ),
+        pool.serf,
+        pool.serf,
+        hub.logger("memberlist"),
+        transport,
+    )
+    pool.attach(memberlist)
+    bound: GossipAddress = await nursery.start(memberlist.run)
+    await nursery.start(pool.run)
+    return pool, bound
