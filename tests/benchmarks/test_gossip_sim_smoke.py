@@ -1,0 +1,14 @@
+"""The gossip simulation benchmark still runs (tiny cluster; the real runs are in docs)."""
+
+from __future__ import annotations
+
+from benchmarks.gossip_sim import run_once
+
+
+def test_gossip_simulation_of_a_small_cluster() -> None:
+    result = run_once(nodes=6, seed=7, limit=60.0)
+    assert result.converge_s is not None and result.converge_s < 5
+    # LAN profile, 6 nodes: a silent death is marked failed after a probe round plus the
+    # suspicion timeout (4 s minimum), well within the 24 s maximum.
+    assert result.failure_last_s is not None and 4.0 < result.failure_last_s < 24.0
+    assert result.left_last_s is not None and result.left_last_s < 10
