@@ -30,6 +30,7 @@ from .config import (
     tls_config,
 )
 from .gossip.contract import GossipAddress
+from .gossip.memberlist import Memberlist
 from .gossip.transport import MemoryGossipNetwork
 from .logs import WARN, LogHub, LogSubscription, parse_level
 from .membership.gossip_setup import gossip_transport, pool_specs, start_pool
@@ -137,6 +138,7 @@ class Agent:
         self._gossip_network = gossip_network
         self._gossip_pools = lan is None
         self.gossip_addresses: dict[str, GossipAddress] = {}
+        self.memberlists: dict[str, Memberlist] = {}
         self.lan: MembershipPool = lan or LocalPool("lan", local_member(config, wan=False))
         self.wan: MembershipPool | None = None
         if config.server:
@@ -277,13 +279,16 @@ class Agent:
         transport = gossip_transport(self._gossip_network)
         for spec in pool_specs(config):
             try:
-                pool, bound = await start_pool(nursery, spec, config, tags, self.hub, transport)
+                pool, memberlist, bound = await start_pool(
+                    nursery, spec, config, tags, self.hub, transport
+                )
             except OSError as exc:
                 address = config.serf_lan_addr if spec.kind == "lan" else config.serf_wan_addr
                 raise AgentStartError(
                     f"serf {spec.kind.upper()} address {address}: {_os_reason(exc)}"
                 ) from exc
             self.gossip_addresses[spec.kind] = bound
+            self.memberlists[spec.kind] = memberlist
             self.hub.logger("agent").info(f"serf {spec.kind.upper()} gossip on {bound}")
             if spec.kind == "lan":
                 self.lan = pool

@@ -9,6 +9,7 @@ and live in the engine.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import sys
@@ -142,6 +143,9 @@ class AgentCommands:
         }
         if agent.wan is not None:
             sections["serf_wan"] = agent.wan.stats()
+        for kind, memberlist in agent.memberlists.items():
+            counters = dataclasses.asdict(memberlist.stats)
+            sections[f"memberlist_{kind}"] = {key: str(value) for key, value in counters.items()}
         return sections
 
     async def join(self, _connection: RPCConnection, request: Request) -> Reply:

@@ -65,7 +65,7 @@ async def _run_node(
     spec = PoolSpec("lan", name, _address(index), "lan")
     with scope:
         async with trio.open_nursery() as nursery:
-            pool, _ = await start_pool(
+            pool, _, _ = await start_pool(
                 nursery, spec, config, {"role": "node"}, hub, MemoryGossipTransport(network)
             )
             task_status.started(pool)

@@ -74,11 +74,11 @@ async def start_pool(
     tags: dict[str, str],
     hub: LogHub,
     transport: GossipTransport,
-) -> tuple[GossipPool, GossipAddress]:
+) -> tuple[GossipPool, Memberlist, GossipAddress]:
     """Build one pool and start its memberlist and serf maintenance in ``nursery``.
 
-    Returns the pool and the address memberlist really bound (port 0 picks one). Binding
-    errors (``OSError``) propagate from here, before anything else is started.
+    Returns the pool, its memberlist and the address memberlist really bound (port 0 picks
+    one). Binding errors (``OSError``) propagate from here, before anything else is started.
     """
     keyring = keyring_for(config)
     pool = GossipPool(
@@ -107,4 +107,4 @@ async def start_pool(
     pool.attach(memberlist)
     bound: GossipAddress = await nursery.start(memberlist.run)
     await nursery.start(pool.run)
-    return pool, bound
+    return pool, memberlist, bound

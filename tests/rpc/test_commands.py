@@ -168,7 +168,11 @@ async def test_stats_sections_are_maps_of_strings(transport: str) -> None:
         conn = await RawConnection.open(agent)
         await conn.handshake()
         body = (await conn.call("stats", reply_body=True)).body
-        assert set(body) == {"agent", "build", "runtime", "serf_lan", "serf_wan", "rpc"}
+        assert set(body) == {
+            "agent", "build", "runtime", "serf_lan", "serf_wan", "rpc",
+            "memberlist_lan", "memberlist_wan",
+        }  # fmt: skip
+        assert {"packets_received", "bad_packets", "probes"} <= set(body["memberlist_lan"])
         for section in body.values():
             assert all(isinstance(k, str) and isinstance(v, str) for k, v in section.items())
         assert set(body["build"]) == {"revision", "version", "prerelease"}
