@@ -21,12 +21,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-import msgpack
 import trio
 
 from .logs import WARN, Logger, LogSubscription
 from .protocol import bodies
-from .protocol.codec import READ_SIZE, Request, RequestDecoder, ResponseEncoder
+from .protocol.codec import READ_SIZE, Request, RequestDecoder, ResponseEncoder, new_packer
 from .protocol.constants import (
     COMMANDS,
     DEFAULT_MAX_FRAME_SIZE,
@@ -165,7 +164,7 @@ class RPCConnection:
         self._stats = services.rpc_stats
         self._log = services.rpc_log
         self._encoder = ResponseEncoder()
-        self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+        self._pack: Callable[[Any], bytes] = new_packer()
         self._send, self._receive = trio.open_memory_channel[bytes](self._limits.send_queue)
         self._handshaken = False
         # True only while the writer waits on an empty channel and nothing was queued since.

@@ -45,6 +45,16 @@ class Response(NamedTuple):
     body: Any
 
 
+def new_packer() -> Callable[[Any], bytes]:
+    """A msgpack packer (new spec: str and bin) with a small initial buffer.
+
+    msgpack's default buffer is 256 KiB per packer; one per connection would make idle
+    connections expensive. The buffer grows when a large body is packed."""
+    packer = msgpack.Packer(use_bin_type=True, buf_size=1024)
+    pack: Callable[[Any], bytes] = packer.pack
+    return pack
+
+
 def _is_uint64(value: object) -> TypeGuard[int]:
     return type(value) is int and 0 <= value <= MAX_SEQ
 
@@ -53,6 +63,9 @@ def _new_unpacker(max_frame_size: int) -> Any:
     return msgpack.Unpacker(
         raw=False,
         strict_map_key=True,
+        # Start small: msgpack allocates read_size up front (1 MiB by default), and an idle
+        # connection should cost little; the buffer grows when a large frame arrives.
+        read_size=4096,
         max_buffer_size=max_frame_size + READ_SIZE,
         max_str_len=max_frame_size,
         max_bin_len=max_frame_size,
@@ -93,21 +106,29 @@ class RequestDecoder:
     connection closes after the ``Unsupported command`` reply).
     """
 
-    __slots__ = ("_pending", "_unpacker", "max_frame_size")
+    __slots__ = ("_complete", "_fed", "_pending", "_unpacker", "max_frame_size")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if max_frame_size < 64:
             raise ValueError("max_frame_size must be at least 64 bytes")
         self.max_frame_size = max_frame_size
-        self._unpacker = _new_unpacker(max_frame_size)
+        # msgpack's unpacker carries ~45 KiB of parser state, so it exists only while bytes
+        # are waiting: an idle connection holds none (making one costs under a microsecond).
+        self._unpacker: Any = None
+        self._fed = 0
+        self._complete = 0
         self._pending: tuple[str, int, str | None] | None = None
 
     def feed(self, data: bytes | bytearray) -> None:
         """Append bytes received from the peer."""
+        if self._unpacker is None:
+            self._unpacker = _new_unpacker(self.max_frame_size)
+            self._fed = self._complete = 0
         try:
             self._unpacker.feed(data)
         except msgpack.exceptions.BufferFull:
             raise self._too_large() from None
+        self._fed += len(data)
 
     def _too_large(self) -> FrameTooLarge:
         pending = self._pending
@@ -125,10 +146,14 @@ class RequestDecoder:
     def __iter__(self) -> Iterator[Request]:
         """Yield every request complete in the buffer; stop when more bytes are needed."""
         unpacker = self._unpacker
+        if unpacker is None:
+            return
         while True:
             try:
                 obj = next(unpacker)
             except StopIteration:
+                if self._complete == self._fed:
+                    self._unpacker = None  # the last object ended the data: release the parser
                 return
             except _UNPACK_ERRORS as exc:
                 if isinstance(exc, ValueError) and "exceeds max_" in str(exc):
@@ -139,6 +164,9 @@ class RequestDecoder:
                     seq=pending[1] if pending else None,
                     command=pending[0] if pending else None,
                 ) from None
+            # msgpack's tell() also counts a partly parsed object, so remember where the
+            # last whole object ended.
+            self._complete = unpacker.tell()
             pending = self._pending
             if pending is not None:
                 self._pending = None
@@ -165,7 +193,7 @@ class ResponseEncoder:
     _OK_HEAD: Final = b"\x82\xa5Error\xa0\xa3Seq"
 
     def __init__(self) -> None:
-        self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+        self._pack: Callable[[Any], bytes] = new_packer()
 
     def header(self, seq: int, error: str = "") -> bytes:
         """The response header ``{Error, Seq}`` (keys in the reference's sorted order)."""
@@ -193,7 +221,7 @@ class RequestEncoder:
     __slots__ = ("_pack",)
 
     def __init__(self) -> None:
-        self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+        self._pack: Callable[[Any], bytes] = new_packer()
 
     def request(self, command: str, seq: int, body: Any = None, token: str = "") -> bytes:
         head: bytes = self._pack({"Command": command, "Seq": seq, "Token": token})

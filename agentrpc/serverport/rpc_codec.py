@@ -26,6 +26,7 @@ from typing import Any, Final, NamedTuple
 
 import msgpack
 
+from ..protocol.codec import new_packer
 from ..protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.errors import FrameTooLarge, ProtocolError
 
@@ -240,7 +241,7 @@ class RPCEncoder:
     __slots__ = ("_pack",)
 
     def __init__(self) -> None:
-        self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+        self._pack: Callable[[Any], bytes] = new_packer()
 
     def request(self, service_method: str, seq: int, body: Any) -> bytes:
         """``{Seq, ServiceMethod}`` (sorted keys, as go-msgpack writes a struct) + body."""

@@ -253,3 +253,20 @@ def test_random_bytes_never_crash_the_decoder(data: bytes) -> None:
             assert isinstance(request, Request)
     except ProtocolError:
         pass
+
+
+def test_decoder_holds_no_parser_between_whole_frames() -> None:
+    decoder = RequestDecoder()
+    frame = pack({"Command": "stats", "Seq": 1})
+    decoder.feed(frame)
+    assert list(decoder) == [Request("stats", 1, None, None)]
+    assert decoder._unpacker is None  # idle: msgpack's ~45 KiB parser state is released
+    decoder.feed(frame[:5])  # a partial frame keeps it
+    assert list(decoder) == []
+    assert decoder._unpacker is not None
+    decoder.feed(frame[5:] + pack({"Command": "monitor", "Seq": 2}))
+    assert list(decoder) == [Request("stats", 1, None, None)]
+    # A header waiting for its body survives the release of the parser.
+    assert decoder.awaiting_body
+    decoder.feed(pack({"LogLevel": "warn"}))
+    assert list(decoder) == [Request("monitor", 2, None, {"LogLevel": "warn"})]
