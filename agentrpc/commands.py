@@ -185,9 +185,16 @@ class AgentCommands:
         agent = self._agent
         agent.log.info(f"force leaving node: {node}")
         errors = [await agent.lan.force_leave(node)]
-        if agent.wan is not None:
-            # On a server both pools hear it, as the reference does (WAN names are node.dc).
-            errors.append(await agent.wan.force_leave(node))
+        wan = agent.wan
+        if wan is not None:
+            # On a server both pools hear it, as the reference does. WAN members are named
+            # node.datacenter: a bare LAN name means that node's WAN member (an improvement on
+            # the reference, which passes the bare name and so never matches on the WAN).
+            wan_names = {member.name for member in wan.members()}
+            wan_name = node
+            if node not in wan_names and f"{node}.{agent.config.datacenter}" in wan_names:
+                wan_name = f"{node}.{agent.config.datacenter}"
+            errors.append(await wan.force_leave(wan_name))
         return "; ".join(error for error in errors if error), None
 
     async def leave(self, connection: RPCConnection, request: Request) -> None:

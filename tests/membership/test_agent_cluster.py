@@ -70,12 +70,17 @@ async def test_five_agents_join_fail_force_leave_and_leave(autojump_clock: trio.
             marked = [await wait_for_statuses(agent, failed) for agent in agents]
         assert max(marked) - died_at < 30
 
+        wan_everyone = {f"{name}.dc1": "alive" for name in everyone}
+        with trio.fail_after(120):
+            await wait_for_statuses(agents[0], {**wan_everyone, "node5.dc1": "failed"}, wan=True)
         async with client_for(agents[0]) as client:
             await client.force_leave("node5")
         forced = {**everyone, "node5": "left"}
         with trio.fail_after(30):
             for agent in agents:
                 await wait_for_statuses(agent, forced)
+            # The bare name also reached the WAN pool, where the member is node5.dc1.
+            await wait_for_statuses(agents[0], {**wan_everyone, "node5.dc1": "left"}, wan=True)
 
         # A graceful leave is "left" everywhere, never "failed".
         async with client_for(agents[3]) as client:
