@@ -13,7 +13,7 @@ import ipaddress
 import signal
 import socket
 import traceback
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, TextIO
 
@@ -44,6 +44,7 @@ from .serverport.server import MEMBERS_WAN_ENDPOINT, ServerPort, members_wan_end
 from .transports import (
     DEFAULT_NETWORK,
     Address,
+    AddressError,
     MemoryListener,
     MemoryNetwork,
     open_listeners,
@@ -294,6 +295,9 @@ class Agent:
                 self.lan = pool
             else:
                 self.wan = pool
+                if self.server_port is not None:
+                    # Byte 6 on the server port carries WAN gossip streams, as the reference.
+                    self.server_port.set_gossip_handler(_gossip_stream_handler(memberlist))
 
     def _stop_background(self) -> None:
         self._gossip_stop.set()
@@ -457,6 +461,20 @@ class Agent:
             "configuration reloaded" + (f" ({', '.join(applied)} changed)" if applied else "")
         )
         return ""
+
+
+def _gossip_stream_handler(
+    memberlist: Memberlist,
+) -> Callable[[trio.abc.Stream, str], Awaitable[None]]:
+    async def serve(stream: trio.abc.Stream, peer: str) -> None:
+        try:
+            address = parse_address(peer)
+            origin = GossipAddress(address.host, address.port)
+        except AddressError:
+            origin = GossipAddress("0.0.0.0", 0)
+        await memberlist.serve_stream(stream, origin)
+
+    return serve
 
 
 def _peer_of(stream: trio.abc.Stream) -> tuple[str, str]:

@@ -678,6 +678,12 @@ class Memberlist:
                 self.stats.streams_accepted += 1
                 nursery.start_soon(self._handle_stream, stream, peer)
 
+    async def serve_stream(self, stream: trio.abc.Stream, peer: GossipAddress) -> None:
+        """Serve one inbound gossip stream accepted elsewhere (a server port's byte 6, whose
+        type byte is already consumed); owns and closes the stream."""
+        self.stats.streams_accepted += 1
+        await self._handle_stream(stream, peer)
+
     async def _handle_stream(self, stream: trio.abc.Stream, peer: GossipAddress) -> None:
         """Serve one inbound stream; every failure stays inside this connection."""
         self._log.debug(f"Stream connection from={peer}")

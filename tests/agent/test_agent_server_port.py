@@ -13,6 +13,8 @@ from rpc_helpers import running_agent
 
 from agentrpc import Client
 from agentrpc.agent import Agent
+from agentrpc.gossip.messages import AckResp, Ping
+from agentrpc.gossip.stream import StreamEncoder, StreamReader
 from agentrpc.membership.pool import LocalPool
 from agentrpc.protocol.bodies import Member
 
@@ -105,3 +107,21 @@ async def test_reload_changes_the_server_port_per_ip_cap(tmp_path: Path) -> None
         config.write_text(json.dumps({"rpc_max_conns_per_client": 7}))
         await client.reload()
         assert agent.server_port.router._max_per_client == 7
+
+
+async def test_byte_6_on_the_server_port_reaches_the_wan_gossip_pool() -> None:
+    async with running_agent("tcp") as agent:
+        assert agent.server_address is not None
+        stream = await trio.open_tcp_stream("127.0.0.1", agent.server_address.port)
+        encoder = StreamEncoder()
+        await stream.send_all(b"\x06" + encoder.ping(Ping(seq_no=77, node="node1.dc1")))
+        reader = StreamReader()
+        with trio.fail_after(5):
+            while (message := reader.next_message()) is None:
+                data = await stream.receive_some(4096)
+                assert data, "the server port closed the gossip stream without an ack"
+                reader.feed(data)
+        assert isinstance(message, AckResp)
+        assert message.seq_no == 77
+        await stream.aclose()
+        assert agent.memberlists["wan"].stats.streams_accepted >= 1
