@@ -25,7 +25,7 @@ import trio
 
 from .logs import WARN, Logger, LogSubscription
 from .protocol import bodies
-from .protocol.codec import READ_SIZE, Request, RequestDecoder, ResponseEncoder, new_packer
+from .protocol.codec import READ_SIZE, Request, RequestDecoder, ResponseEncoder
 from .protocol.constants import (
     COMMANDS,
     DEFAULT_MAX_FRAME_SIZE,
@@ -164,7 +164,6 @@ class RPCConnection:
         self._stats = services.rpc_stats
         self._log = services.rpc_log
         self._encoder = ResponseEncoder()
-        self._pack: Callable[[Any], bytes] = new_packer()
         self._send, self._receive = trio.open_memory_channel[bytes](self._limits.send_queue)
         self._handshaken = False
         # True only while the writer waits on an empty channel and nothing was queued since.
@@ -456,7 +455,7 @@ class RPCConnection:
             monitor.subscription.end()
 
     def _log_frame(self, header: bytes, line: str) -> bytes:
-        return header + _LOG_FRAME_BODY + self._pack(line)
+        return header + _LOG_FRAME_BODY + self._encoder.body(line)
 
     async def _stream_logs(self, monitor: _Monitor) -> None:
         stats = self._stats
