@@ -193,9 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
     timed_out = any(
-        value is None
-        for r in results
-        for value in (r.converge_s, r.failure_last_s, r.left_last_s)
+        value is None for r in results for value in (r.converge_s, r.failure_last_s, r.left_last_s)
     )
     return 1 if timed_out else 0
 

@@ -1,0 +1,4 @@
+"""Frame-throughput benchmarks of agentrpc against a real Go agent (Debian's ``serf``).
+
+Run ``python -m benchmarks.run --quick`` (or ``--full``); see ``benchmarks/README.md``.
+"""
