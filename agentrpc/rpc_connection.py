@@ -326,7 +326,9 @@ class RPCConnection:
                     body_decoder = body_decoders.get(command)
                     if body_decoder is not None:
                         try:
-                            request = request._replace(body=body_decoder(request.body))
+                            request = Request(
+                                command, request.seq, request.token, body_decoder(request.body)
+                            )
                         except ProtocolError as exc:
                             exc.seq, exc.command = request.seq, command
                             raise
