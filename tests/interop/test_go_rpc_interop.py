@@ -11,13 +11,13 @@ rules; ``members`` instead of ``members-lan``). So:
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
+from process_helpers import free_port, started_process
 
 from agentrpc import Client
 from agentrpc.client import RPCError
@@ -25,70 +25,23 @@ from agentrpc.client import RPCError
 CLI = [sys.executable, "-m", "agentrpc.cli"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @asynccontextmanager
 async def our_agent() -> AsyncIterator[tuple[trio.Process, str]]:
-    port = free_port()
-    rpc_addr = f"127.0.0.1:{port}"
-    process = await trio.lowlevel.open_process(
-        [*CLI, "serve", "--node", "ours", "--rpc-addr", rpc_addr,
-         "--serf-lan-addr", "127.0.0.1:0", "--serf-wan-addr", "127.0.0.1:0",
-         "--server-addr", "127.0.0.1:0"],
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stderr is not None
-    try:
-        seen = b""
-        with trio.fail_after(20):
-            while b"RPC listening on" not in seen:
-                chunk = await process.stderr.receive_some(4096)
-                assert chunk, seen.decode()
-                seen += chunk
+    rpc_addr = f"127.0.0.1:{free_port()}"
+    argv = [*CLI, "serve", "--node", "ours", "--rpc-addr", rpc_addr,
+            "--serf-lan-addr", "127.0.0.1:0", "--serf-wan-addr", "127.0.0.1:0",
+            "--server-addr", "127.0.0.1:0"]  # fmt: skip
+    async with started_process(argv, b"RPC listening on") as process:
         yield process, rpc_addr
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.move_on_after(5):
-            await process.wait()
 
 
 @asynccontextmanager
 async def serf_agent(serf: str) -> AsyncIterator[str]:
     rpc_addr = f"127.0.0.1:{free_port()}"
-    process = await trio.lowlevel.open_process(
-        [serf, "agent", "-node=go-serf", f"-bind=127.0.0.1:{free_port()}",
-         f"-rpc-addr={rpc_addr}", "-log-level=debug"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    assert process.stdout is not None
-    try:
-        seen = b""
-        with trio.fail_after(20):
-            while b"Serf agent running" not in seen and b"RPC addr" not in seen:
-                chunk = await process.stdout.receive_some(4096)
-                assert chunk, seen.decode()
-                seen += chunk
-
-        async def drain() -> None:
-            assert process.stdout is not None
-            while await process.stdout.receive_some(4096):
-                pass
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(drain)
-            yield rpc_addr
-            nursery.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.move_on_after(5):
-            await process.wait()
+    argv = [serf, "agent", "-node=go-serf", f"-bind=127.0.0.1:{free_port()}",
+            f"-rpc-addr={rpc_addr}", "-log-level=debug"]  # fmt: skip
+    async with started_process(argv, b"Serf agent running", merge_output=True):
+        yield rpc_addr
 
 
 async def go_cli(serf: str, *args: str) -> subprocess.CompletedProcess[bytes]:

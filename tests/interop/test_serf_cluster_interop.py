@@ -11,8 +11,6 @@ import base64
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,24 +19,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from process_helpers import free_port, started_process
 
 from agentrpc import Client
 
 CLI = [sys.executable, "-m", "agentrpc.cli"]
-
-
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (gossip binds both)."""
-    for _ in range(50):
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 @dataclass
@@ -57,30 +42,8 @@ async def our_agent(name: str, tmp_path: Path, encrypt: str = "") -> AsyncIterat
     argv = [*CLI, "serve", "--node", name, "--rpc-addr", rpc_addr,
             "--serf-lan-addr", f"127.0.0.1:{lan_port}", "--serf-wan-addr", "127.0.0.1:0",
             "--server-addr", "127.0.0.1:0", "--config-file", str(config)]  # fmt: skip
-    process = await trio.lowlevel.open_process(argv, stderr=subprocess.PIPE)
-    assert process.stderr is not None
-    try:
-        seen = b""
-        with trio.fail_after(20):
-            while b"agent started" not in seen:
-                chunk = await process.stderr.receive_some(4096)
-                assert chunk, seen.decode()
-                seen += chunk
-
-        async def drain() -> None:
-            assert process.stderr is not None
-            while await process.stderr.receive_some(4096):
-                pass
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(drain)
-            yield Ours(process, rpc_addr, lan_port)
-            nursery.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.move_on_after(5):
-            await process.wait()
+    async with started_process(argv, b"agent started") as process:
+        yield Ours(process, rpc_addr, lan_port)
 
 
 @dataclass
@@ -98,32 +61,8 @@ async def serf_agent(serf: str, name: str, encrypt: str = "") -> AsyncIterator[S
             f"-rpc-addr={rpc_addr}", "-log-level=debug", "-tag", "kind=go"]  # fmt: skip
     if encrypt:
         argv.append(f"-encrypt={encrypt}")
-    process = await trio.lowlevel.open_process(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    assert process.stdout is not None
-    try:
-        seen = b""
-        with trio.fail_after(20):
-            while b"Serf agent running" not in seen:
-                chunk = await process.stdout.receive_some(4096)
-                assert chunk, seen.decode()
-                seen += chunk
-
-        async def drain() -> None:
-            assert process.stdout is not None
-            while await process.stdout.receive_some(4096):
-                pass
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(drain)
-            yield Serf(process, rpc_addr, bind_port)
-            nursery.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.move_on_after(5):
-            await process.wait()
+    async with started_process(argv, b"Serf agent running", merge_output=True) as process:
+        yield Serf(process, rpc_addr, bind_port)
 
 
 async def serf_members(serf: str, agent: Serf) -> dict[str, dict[str, object]]:
