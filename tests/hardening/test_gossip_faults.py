@@ -3,6 +3,7 @@ partition between two groups that heals (in-process network, autojump clock)."""
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import AbstractAsyncContextManager
 
 import trio
@@ -10,7 +11,7 @@ from rpc_helpers import running_agent
 
 from agentrpc import Client
 from agentrpc.agent import Agent
-from agentrpc.client import JoinError
+from agentrpc.client import ClientError, JoinError
 from agentrpc.gossip.contract import GossipAddress
 from agentrpc.gossip.transport import MemoryGossipNetwork, MemoryGossipTransport
 
@@ -95,3 +96,44 @@ async def test_a_partition_heals(autojump_clock: trio.abc.Clock) -> None:
             for agent in (a1, a2, b1, b2):
                 while await _statuses(agent) != everyone:  # noqa: ASYNC110 - virtual time
                     await trio.sleep(0.5)
+
+
+async def test_an_agent_shut_down_in_the_middle_of_a_join(autojump_clock: trio.abc.Clock) -> None:
+    """The joining agent dies while its push/pull hangs on a silent peer: it stops promptly
+    (nothing hangs), and the rest of the cluster is unaffected."""
+    network = MemoryGossipNetwork()
+    packets, listener = await MemoryGossipTransport(network).bind(GossipAddress("127.0.0.9", 8301))
+
+    async def accept_and_ignore() -> None:
+        held = []
+        while True:
+            stream, _ = await listener.accept()
+            held.append(stream)
+
+    async with (
+        trio.open_nursery() as nursery,
+        agent_on(network, "steady", "127.0.0.1") as steady,
+    ):
+        nursery.start_soon(accept_and_ignore)
+        async with agent_on(network, "doomed", "127.0.0.2") as doomed:
+
+            async def join_through_both() -> None:
+                # The agent goes away under the call: the client reports it, nothing hangs.
+                with contextlib.suppress(ClientError):
+                    async with client_for(doomed) as client:
+                        await client.join(["127.0.0.9:8301", "127.0.0.1:8301"])
+
+            nursery.start_soon(join_through_both)
+            await trio.sleep(0.5)  # the silent peer holds the join
+            stopped_at = trio.current_time()
+            doomed.shutdown()
+            with trio.fail_after(10):
+                await doomed.wait_stopped()
+            assert trio.current_time() - stopped_at < doomed.limits.drain_timeout + 2
+        # The survivor keeps working; the doomed node, if it got in, ends failed.
+        with trio.fail_after(60):
+            while (await _statuses(steady)).get("doomed", "failed") != "failed":  # noqa: ASYNC110
+                await trio.sleep(0.5)
+        assert (await _statuses(steady))["steady"] == "alive"
+        nursery.cancel_scope.cancel()
+    packets.close()
