@@ -16,8 +16,6 @@ collected generator. When the agent goes away, every pending call fails at once 
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from types import TracebackType
@@ -42,7 +40,14 @@ from .protocol.constants import (
     STOP,
 )
 from .protocol.errors import ProtocolError
-from .transports import DEFAULT_NETWORK, Address, MemoryNetwork, connect, parse_address
+from .transports import (
+    DEFAULT_NETWORK,
+    Address,
+    MemoryNetwork,
+    connect,
+    describe_connect_error,
+    parse_address,
+)
 
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_RPC_PORT}"
 STREAM_BUFFER = 16384
@@ -72,21 +77,6 @@ class JoinError(RPCError):
     def __init__(self, error: str, num: int) -> None:
         super().__init__(error)
         self.num = num
-
-
-def _dial_reason(exc: OSError) -> str:
-    """The most specific reason a dial failed (trio groups one error per address tried)."""
-    candidates: list[BaseException] = [exc]
-    if isinstance(exc.__cause__, BaseExceptionGroup):
-        candidates[:0] = exc.__cause__.exceptions
-    elif exc.__cause__ is not None:
-        candidates.insert(0, exc.__cause__)
-    for candidate in candidates:
-        if isinstance(candidate, socket.gaierror) and candidate.strerror:
-            return candidate.strerror.lower()
-        if isinstance(candidate, OSError) and candidate.errno:
-            return os.strerror(candidate.errno).lower()
-    return str(exc).lower()
 
 
 class _Pending:
@@ -186,7 +176,9 @@ class Client:
         except trio.TooSlowError:
             raise AgentConnectionError(f"dial {self.address}: timed out") from None
         except OSError as exc:
-            raise AgentConnectionError(f"dial {self.address}: {_dial_reason(exc)}") from None
+            raise AgentConnectionError(
+                f"dial {self.address}: {describe_connect_error(exc)}"
+            ) from None
 
     async def _shutdown_reader(self, nursery: trio.Nursery) -> None:
         await self.aclose()

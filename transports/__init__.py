@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import trio
 
-from .address import Address, AddressError, parse_address
+from .address import Address, AddressError, describe_connect_error, parse_address
 from .memory import DEFAULT_NETWORK, MemoryListener, MemoryNetwork, memory_stream_pair
 from .tcp import bound_address, connect_tcp, open_tcp_listeners
 from .unix import connect_unix, open_unix_listener
@@ -22,6 +22,7 @@ __all__ = [
     "MemoryListener",
     "MemoryNetwork",
     "connect",
+    "describe_connect_error",
     "memory_stream_pair",
     "open_listeners",
     "parse_address",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
 from dataclasses import dataclass
 from typing import Literal
 
@@ -100,3 +102,19 @@ def _split_host_port(text: str) -> tuple[str, str | None]:
         return text, None
     host, sep, port = text.partition(":")
     return host, (port if sep else None)
+
+
+def describe_connect_error(exc: OSError) -> str:
+    """The most specific reason a connection attempt failed, in lower case ("connection
+    refused"); trio groups one error per address tried under a generic message."""
+    candidates: list[BaseException] = [exc]
+    if isinstance(exc.__cause__, BaseExceptionGroup):
+        candidates[:0] = exc.__cause__.exceptions
+    elif exc.__cause__ is not None:
+        candidates.insert(0, exc.__cause__)
+    for candidate in candidates:
+        if isinstance(candidate, socket.gaierror) and candidate.strerror:
+            return candidate.strerror.lower()
+        if isinstance(candidate, OSError) and candidate.errno:
+            return os.strerror(candidate.errno).lower()
+    return str(exc).lower()

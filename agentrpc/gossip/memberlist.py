@@ -93,6 +93,7 @@ from agentrpc.gossip.stream import (
     StreamUserMessage,
 )
 from agentrpc.logs import Logger
+from agentrpc.transports import describe_connect_error
 
 __all__ = [
     "DEFAULT_VSN",
@@ -974,4 +975,6 @@ def _stream_type(message: StreamMessage) -> int:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, trio.TooSlowError):
         return "i/o timeout"
+    if isinstance(exc, OSError):
+        return describe_connect_error(exc)
     return str(exc) or type(exc).__name__

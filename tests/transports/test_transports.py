@@ -134,3 +134,17 @@ async def test_unix_listener_refuses_to_replace_a_regular_file(tmp_path: Path) -
     path.write_text("data")
     with pytest.raises(OSError, match="not a socket"):
         await open_listeners(parse_address(f"unix://{path}"))
+
+
+async def test_describe_connect_error_names_the_real_reason() -> None:
+    from agentrpc.transports import describe_connect_error
+
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    try:
+        await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError as exc:
+        assert describe_connect_error(exc) == "connection refused"
+    else:
+        raise AssertionError("nobody listens there")
