@@ -15,7 +15,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final, TextIO
+from typing import Final, Protocol, TextIO
 
 import trio
 
@@ -39,6 +39,34 @@ def parse_level(name: str) -> int:
         return LEVEL_INDEX[upper]
     except KeyError:
         raise ValueError(f"unknown log level {name!r}") from None
+
+
+class LogLike(Protocol):
+    """The logging calls the protocol layers make; :class:`Logger` satisfies it."""
+
+    def debug(self, message: str) -> None: ...
+
+    def info(self, message: str) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+    def error(self, message: str) -> None: ...
+
+
+class NullLog:
+    """A :class:`LogLike` that drops everything (for components built without a logger)."""
+
+    def debug(self, message: str) -> None:
+        pass
+
+    def info(self, message: str) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        pass
+
+    def error(self, message: str) -> None:
+        pass
 
 
 class LogSubscription:

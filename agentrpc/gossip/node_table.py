@@ -37,7 +37,7 @@ import ipaddress
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from agentrpc.gossip.awareness import Awareness
 from agentrpc.gossip.broadcast_queue import Broadcast, BroadcastQueue
@@ -57,6 +57,7 @@ from agentrpc.gossip.messages import (
 from agentrpc.gossip.probe_order import ProbeOrder, k_random_nodes
 from agentrpc.gossip.profiles import GossipProfile
 from agentrpc.gossip.suspicion import Suspicion
+from agentrpc.logs import LogLike, NullLog
 
 if TYPE_CHECKING:
     from agentrpc.gossip.contract import MemberlistEvents
@@ -80,30 +81,8 @@ class ProtocolVersionError(ValueError):
     outside the range every alive node understands (memberlist's ``verifyProtocol``)."""
 
 
-class TableLog(Protocol):
-    """The logging the node table needs (satisfied by :class:`agentrpc.logs.Logger`)."""
-
-    def debug(self, message: str) -> None: ...
-
-    def info(self, message: str) -> None: ...
-
-    def warn(self, message: str) -> None: ...
-
-    def error(self, message: str) -> None: ...
-
-
-class _NullLog:
-    def debug(self, message: str) -> None:
-        pass
-
-    def info(self, message: str) -> None:
-        pass
-
-    def warn(self, message: str) -> None:
-        pass
-
-    def error(self, message: str) -> None:
-        pass
+TableLog = LogLike
+"""The logging this module needs (:class:`agentrpc.logs.Logger` fits)."""
 
 
 def _ip_text(addr: bytes) -> str:
@@ -176,7 +155,7 @@ class NodeTable:
         self.profile = profile
         self._rng = rng
         self._events = events
-        self._log: TableLog = log if log is not None else _NullLog()
+        self._log: TableLog = log if log is not None else NullLog()
         self.awareness = (
             awareness if awareness is not None else Awareness(profile.awareness_max_multiplier)
         )

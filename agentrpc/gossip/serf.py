@@ -36,7 +36,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final
 
 from agentrpc.gossip.broadcast_queue import Broadcast, BroadcastQueue
 from agentrpc.gossip.contract import GossipAddress, NodeInfo
@@ -56,6 +56,7 @@ from agentrpc.gossip.serf_messages import (
     encode_serf_message,
     encode_tags,
 )
+from agentrpc.logs import LogLike, NullLog
 from agentrpc.protocol.constants import (
     STATUS_ALIVE,
     STATUS_FAILED,
@@ -119,30 +120,8 @@ class MemberEventType(enum.Enum):
     REAP = "member-reap"
 
 
-class SerfLog(Protocol):
-    """The logging calls this layer makes (:class:`agentrpc.logs.Logger` fits)."""
-
-    def debug(self, message: str) -> None: ...
-
-    def info(self, message: str) -> None: ...
-
-    def warn(self, message: str) -> None: ...
-
-    def error(self, message: str) -> None: ...
-
-
-class _SilentLog:
-    def debug(self, message: str) -> None:
-        pass
-
-    def info(self, message: str) -> None:
-        pass
-
-    def warn(self, message: str) -> None:
-        pass
-
-    def error(self, message: str) -> None:
-        pass
+SerfLog = LogLike
+"""The logging this module needs (:class:`agentrpc.logs.Logger` fits)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -297,7 +276,7 @@ class SerfState:
         self._config = config
         self._tags = dict(config.tags)
         self._check_tags(self._tags)
-        self._log: SerfLog = logger if logger is not None else _SilentLog()
+        self._log: SerfLog = logger if logger is not None else NullLog()
         self._clock_source = clock
         self._on_event = on_event
         self._lifecycle = SerfLifecycle.ALIVE
