@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from .budget import DEFAULT_AGENT_BYTES, DEFAULT_CONNECTION_BYTES
+from .gossip.node_table import DEFAULT_MAX_MEMBERS
 from .gossip.profiles import PROFILES
 from .gossip.security import KeyringError, parse_key
-from .logs import parse_level
+from .logs import DEFAULT_RING_BYTES, parse_level
 from .protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from .serverport.tls import TLSConfig, TLSConfigError
 from .transports import AddressError, parse_address
@@ -62,6 +64,14 @@ class AgentConfig:
     monitor_queue_size: int = 512
     send_queue_size: int = 256
     drain_timeout: float = 2.0
+    send_queue_bytes: int = DEFAULT_CONNECTION_BYTES
+    """Bytes one connection (agent RPC, server-port stream) may hold queued to send."""
+    agent_send_bytes: int = DEFAULT_AGENT_BYTES
+    """Bytes all connections of the agent may hold queued to send, together."""
+    log_ring_bytes: int = DEFAULT_RING_BYTES
+    """Bytes of log lines kept for replay to a new monitor (besides the line count)."""
+    gossip_max_members: int = DEFAULT_MAX_MEMBERS
+    """Members one gossip pool keeps at most; unknown nodes past it are ignored and counted."""
     config_files: tuple[str, ...] = ()
 
 
@@ -79,6 +89,10 @@ RELOADABLE: Final = frozenset(
         "monitor_queue_size",
         "send_queue_size",
         "drain_timeout",
+        "send_queue_bytes",
+        "agent_send_bytes",
+        "log_ring_bytes",
+        "gossip_max_members",
     }
 )
 """Settings a reload applies at once; others are reported as needing a restart."""
@@ -174,6 +188,11 @@ def validate(config: AgentConfig) -> AgentConfig:
     ):
         if not 1 <= getattr(config, key) <= 1_000_000:
             raise ConfigError(f"{key} must be between 1 and 1000000")
+    for key in ("send_queue_bytes", "agent_send_bytes", "log_ring_bytes"):
+        if not 1024 <= getattr(config, key) <= 1 << 40:
+            raise ConfigError(f"{key} must be between 1024 bytes and 1 TiB")
+    if not 1 <= config.gossip_max_members <= 10_000_000:
+        raise ConfigError("gossip_max_members must be between 1 and 10000000")
     return config
 
 

@@ -22,6 +22,8 @@ import trio
 from .protocol.constants import LEVEL_INDEX, LOG_LEVELS
 
 RING_SIZE: Final = 512
+DEFAULT_RING_BYTES: Final = 1 << 20
+"""The ring also keeps at most this many bytes of lines (1 MiB)."""
 DEFAULT_MONITOR_QUEUE: Final = 512
 THROTTLE_INTERVAL: Final = 1.0
 

@@ -135,6 +135,10 @@ class _SuspicionTimer:
     means the node moved on (refuted, died, was suspected anew) and the timer is stale."""
 
 
+DEFAULT_MAX_MEMBERS: Final = 50_000
+"""Members one pool keeps at most (config ``gossip_max_members``)."""
+
+
 class NodeTable:
     """The node map of one memberlist instance, with memberlist's state rules."""
 
