@@ -37,7 +37,7 @@ import ipaddress
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from agentrpc.gossip.awareness import Awareness
 from agentrpc.gossip.broadcast_queue import Broadcast, BroadcastQueue
