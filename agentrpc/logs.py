@@ -29,6 +29,18 @@ THROTTLE_INTERVAL: Final = 1.0
 
 TRACE, DEBUG, INFO, WARN, ERR = range(5)
 
+PEER_TEXT_LIMIT: Final = 200
+"""Characters of a peer-controlled string that a log line or an error reply may carry."""
+
+
+def clip(text: object, limit: int = PEER_TEXT_LIMIT) -> str:
+    """A peer-controlled value, fit for a log line: its ``repr``-free text cut to ``limit``
+    characters, followed by its real length when it was cut."""
+    value = text if isinstance(text, str) else str(text)
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}...({len(value)} characters)"
+
 
 def parse_level(name: str) -> int:
     """The index of a level name (case-insensitive); ``ValueError`` when unknown.
@@ -54,6 +66,10 @@ class LogLike(Protocol):
 
     def error(self, message: str) -> None: ...
 
+    def throttled(self, level: int, key: str, message: str) -> None:
+        """At most one line per ``key`` per second; for what a peer can trigger at will."""
+        ...
+
 
 class NullLog:
     """A :class:`LogLike` that drops everything (for components built without a logger)."""
@@ -68,6 +84,9 @@ class NullLog:
         pass
 
     def error(self, message: str) -> None:
+        pass
+
+    def throttled(self, level: int, key: str, message: str) -> None:
         pass
 
 
