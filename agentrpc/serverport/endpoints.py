@@ -10,7 +10,15 @@ stream stays open, as after any error a Go method returns.
 by a client are answered in order. A request for a method nobody registered is answered with
 net/rpc's own text (``rpc: can't find service <Service.Method>``, ``rpc: can't find method
 ...``, ``rpc: service/method request ill-formed: ...``) and an empty body ``{}``, after its body
-has been read, and then the stream is closed.
+has been read, and then the stream is closed. That reply and its log line carry at most 200
+characters of the name the peer sent (with its real length), never the whole of it.
+
+Bytes: a stream holds at most one reply at a time (the next request is not even decoded before
+the reply is sent), and that reply is counted in a :class:`~agentrpc.budget.ConnectionBudget`
+drawing on the agent-wide :class:`~agentrpc.budget.SharedBudget` until the kernel took it: a
+reply waits while the agent's budget is spent (an empty stream may always send a reply of up to
+the budget's ``reserve``), and meanwhile nothing more is read from that peer. Every log line a
+peer can trigger goes through the per-kind throttle (one line per kind per second).
 
 :func:`call_in_process` is the in-process entry point: a memory stream pair, the type byte 0,
 and the same router and handlers as a TCP client gets.
@@ -26,7 +34,8 @@ from typing import Any, Final
 
 import trio
 
-from ..logs import Logger
+from ..budget import DEFAULT_CONNECTION_BYTES, ConnectionBudget, SharedBudget
+from ..logs import DEBUG, ERR, PEER_TEXT_LIMIT, WARN, LogLike, clip
 from ..protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.errors import ProtocolError
 from ..transports import memory_stream_pair
@@ -129,18 +138,32 @@ def first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     return exc
 
 
+def describe_failure(group: BaseExceptionGroup[Any] | BaseException) -> str:
+    """A bug report for a log line: the first leaf's type, its text cut by :func:`clip` (it
+    may quote what a peer sent) and where it was raised (our code, never the peer's)."""
+    exc = first_leaf(group) if isinstance(group, BaseExceptionGroup) else group
+    where = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+    return f"{type(exc).__name__}: {clip(exc)}\n{where}"
+
+
 class RPCServer:
     """Serves the byte-0 RPC on streams handed to :meth:`serve`."""
 
     def __init__(
         self,
         endpoints: Endpoints,
-        logger: Logger,
+        logger: LogLike,
         *,
         max_object_size: int = DEFAULT_MAX_FRAME_SIZE,
+        send_queue_bytes: int = DEFAULT_CONNECTION_BYTES,
+        send_budget: SharedBudget | None = None,
     ) -> None:
         self.endpoints = endpoints
         self.max_object_size = max_object_size
+        self.send_queue_bytes = send_queue_bytes
+        """Each stream's byte budget (read when a stream starts; ``reload`` may change it)."""
+        self.send_budget = send_budget
+        """The agent-wide budget every stream's replies draw on (None: per stream only)."""
         self.stats = RPCServerStats()
         self._log = logger
 
@@ -156,6 +179,7 @@ class RPCServer:
         already read from the stream. Never raises for the peer's faults; does not close."""
         decoder = RequestDecoder(self.max_object_size)
         encoder = RPCEncoder()
+        budget = ConnectionBudget(self.send_queue_bytes, self.send_budget)
         stats = self.stats
         stats.connections += 1
         try:
@@ -171,15 +195,28 @@ class RPCServer:
                     continue
                 stats.requests += 1
                 reply, keep_open = await self._answer(request, encoder, peer, insecure)
-                await stream.send_all(reply)
+                size = len(reply)
+                await budget.reserve(size)
+                try:
+                    await stream.send_all(reply)
+                finally:
+                    budget.release(size)
+                del reply
                 if not keep_open:
                     return
         except ProtocolError as exc:
             stats.errors += 1
-            self._log.warn(f"RPC error from {peer}: malformed request: {exc}")
+            self._log.throttled(
+                WARN,
+                "server-port:rpc-malformed",
+                f"RPC error from {peer}: malformed request: {clip(exc)}",
+            )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._log.debug(f"RPC connection from {peer} lost: {exc}")
+            self._log.throttled(
+                DEBUG, "server-port:rpc-lost", f"RPC connection from {peer} lost: {clip(exc)}"
+            )
         finally:
+            budget.close()
             stats.connections -= 1
 
     async def _answer(
@@ -189,8 +226,15 @@ class RPCServer:
         handler = self.endpoints.get(method, insecure=insecure)
         if handler is None:
             error = lookup_error(method, self.endpoints.services(insecure=insecure))
+            if len(method) > PEER_TEXT_LIMIT:
+                # net/rpc's text ends with the name: never echo more than a bounded part of it.
+                shown = clip(method)
+                error = error[: len(error) - len(method)] + shown
+                method = shown
             self.stats.errors += 1
-            self._log.warn(f"RPC error from {peer}: {error}")
+            self._log.throttled(
+                WARN, "server-port:rpc-unknown-method", f"RPC error from {peer}: {error}"
+            )
             return encoder.response(method, seq, error, None), False
         error = ""
         body: Any = None
@@ -201,8 +245,11 @@ class RPCServer:
         except* EndpointError as group:
             error = str(first_leaf(group)) or f"{method} failed"
         except* Exception as group:
-            detail = "".join(traceback.format_exception(group)).rstrip()
-            self._log.error(f"RPC endpoint {method} failed for {peer}: {detail}")
+            self._log.throttled(
+                ERR,
+                f"server-port:rpc-endpoint-failed:{method}",
+                f"RPC endpoint {method} failed for {peer}: {describe_failure(group)}",
+            )
             error = error or f"rpc: internal error in {method}"
         if error:
             self.stats.errors += 1
@@ -211,7 +258,11 @@ class RPCServer:
             return encoder.response(method, seq, "", body), True
         except (TypeError, ValueError, OverflowError) as exc:
             self.stats.errors += 1
-            self._log.error(f"RPC endpoint {method} returned an unencodable reply: {exc}")
+            self._log.throttled(
+                ERR,
+                f"server-port:rpc-unencodable:{method}",
+                f"RPC endpoint {method} returned an unencodable reply: {clip(exc)}",
+            )
             return encoder.response(
                 method, seq, f"rpc: cannot encode reply of {method}", None
             ), True

@@ -25,13 +25,13 @@ from typing import Any, Final
 
 import trio
 
-from ..logs import Logger
+from ..logs import DEBUG, LogLike, NullLog, clip
 from ..protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from ..transports import DEFAULT_NETWORK, Address, MemoryNetwork, connect, parse_address
 from .endpoints import STATUS_PING, CallTimeout, RemoteError, RPCCallError, call_on_stream
 from .rpc_codec import DEFAULT_SERVER_PORT, RPCType
 from .tls import TLSConfig, wrap_client
-from .yamux_session import YamuxConfig, YamuxSession, quiet_logger
+from .yamux_session import YamuxConfig, YamuxSession
 
 DEFAULT_CALL_TIMEOUT: Final = 60.0
 """The reference's default ``rpc_client_timeout``."""
@@ -80,7 +80,7 @@ class ConnectionPool:
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         dial_timeout: float = DEFAULT_DIAL_TIMEOUT,
         yamux: YamuxConfig | None = None,
-        logger: Logger | None = None,
+        logger: LogLike | None = None,
         network: MemoryNetwork = DEFAULT_NETWORK,
         max_object_size: int = 64 * DEFAULT_MAX_FRAME_SIZE,
     ) -> None:
@@ -92,7 +92,7 @@ class ConnectionPool:
         self._tls = tls
         self._tls_context = tls.client_context() if tls is not None and tls.outgoing else None
         self._yamux = yamux or YamuxConfig()
-        self._log = logger or quiet_logger("pool")
+        self._log: LogLike = logger or NullLog()
         self._network = network
         self._max_object_size = max_object_size
         self._conns: dict[str, _PeerConnection] = {}
@@ -288,7 +288,11 @@ class ConnectionPool:
             if self._conns.get(conn.key) is conn:
                 del self._conns[conn.key]
             reason = conn.session.error
-            self._log.debug(f"connection to {conn.address} ended: {reason}")
+            self._log.throttled(
+                DEBUG,
+                "server-port:pool-connection-ended",
+                f"connection to {conn.address} ended: {clip(reason)}",
+            )
 
 
 def _address(address: str | Address) -> Address:

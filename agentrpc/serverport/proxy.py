@@ -9,15 +9,14 @@ that a plain client gets a plain connection to that protocol.
 from __future__ import annotations
 
 import functools
-import traceback
 from typing import Final
 
 import trio
 
-from ..logs import Logger
+from ..logs import DEBUG, ERR, WARN, LogLike, NullLog, clip
 from ..transports import DEFAULT_NETWORK, Address, MemoryNetwork, connect, open_listeners
+from .endpoints import describe_failure
 from .rpc_codec import RPCType
-from .yamux_session import quiet_logger
 
 PROTOCOLS: Final[dict[str, RPCType]] = {
     "rpc": RPCType.CONSUL,
@@ -50,17 +49,21 @@ async def proxy_connection(
     server: Address,
     type_byte: int,
     *,
-    logger: Logger | None = None,
+    logger: LogLike | None = None,
     network: MemoryNetwork = DEFAULT_NETWORK,
 ) -> None:
     """Serve one proxied connection: dial ``server``, send ``type_byte``, copy both ways.
     Closes ``client``; never raises for a peer's fault."""
-    log = logger or quiet_logger("proxy")
+    log: LogLike = logger or NullLog()
     try:
         try:
             upstream = await connect(server, network=network)
         except OSError as exc:
-            log.warn(f"proxy: cannot reach the server port at {server}: {exc}")
+            log.throttled(
+                WARN,
+                "server-port:proxy-unreachable",
+                f"proxy: cannot reach the server port at {server}: {clip(exc)}",
+            )
             return
         try:
             await upstream.send_all(bytes([type_byte]))
@@ -70,9 +73,15 @@ async def proxy_connection(
         finally:
             await trio.aclose_forcefully(upstream)
     except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-        log.debug(f"proxy: connection ended: {group.exceptions[0]!r}")
+        log.throttled(
+            DEBUG,
+            "server-port:proxy-ended",
+            f"proxy: connection ended: {clip(repr(group.exceptions[0]))}",
+        )
     except* Exception as group:
-        log.error("proxy: connection failed: " + "".join(traceback.format_exception(group)))
+        log.throttled(
+            ERR, "server-port:proxy-failed", f"proxy: connection failed: {describe_failure(group)}"
+        )
     finally:
         await trio.aclose_forcefully(client)
 
@@ -82,7 +91,7 @@ async def serve_proxy(
     type_byte: int,
     *,
     listen: Address = DEFAULT_LISTEN,
-    logger: Logger | None = None,
+    logger: LogLike | None = None,
     network: MemoryNetwork = DEFAULT_NETWORK,
     task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
 ) -> None:

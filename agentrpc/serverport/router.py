@@ -18,24 +18,25 @@ Anything else (1 Raft, 2 old multiplex, 5 snapshot, 8 gRPC, unknown values) is l
 ``unrecognized RPC byte`` with the value and the peer, and closed. With ``verify_incoming`` a
 plain connection whose byte is not 3 or 7 is logged and closed; TLS inside TLS is refused.
 A per-client-IP cap (100 by default, 0 for none, changeable at run time) closes extra
-connections without a word. Each connection handler catches its own errors: one connection
-never takes the server down.
+connections. Each connection handler catches its own errors: one connection never takes the
+server down. Every line a peer can cause is logged through the per-kind throttle (at most one
+line per kind per second, keys ``server-port:...``), with what the peer sent cut by ``clip``.
 """
 
 from __future__ import annotations
 
 import ssl
-import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import trio
 
-from ..logs import Logger
+from ..budget import DEFAULT_CONNECTION_BYTES, SharedBudget
+from ..logs import DEBUG, ERR, WARN, LogLike, clip
 from ..protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.errors import ProtocolError
-from .endpoints import RPCServer, call_in_process, first_leaf
+from .endpoints import RPCServer, call_in_process, describe_failure, first_leaf
 from .rpc_codec import DEFAULT_SERVER_PORT, RPCType
 from .tls import TLSConfig, wrap_server
 from .yamux import YamuxError
@@ -73,6 +74,9 @@ class RouterLimits:
     max_object_size: int = DEFAULT_MAX_FRAME_SIZE
     """Largest msgpack object (header or body) of a byte-0 request."""
     yamux: YamuxConfig = field(default_factory=YamuxConfig)
+    send_queue_bytes: int = DEFAULT_CONNECTION_BYTES
+    """Bytes one byte-0 stream or one yamux stream may hold queued to send (its
+    :class:`~agentrpc.budget.ConnectionBudget`); all of them also draw on the agent's budget."""
 
 
 @dataclass(slots=True)
@@ -153,11 +157,12 @@ class Router:
     def __init__(
         self,
         rpc: RPCServer,
-        logger: Logger,
+        logger: LogLike,
         *,
         tls: TLSConfig | None = None,
         limits: RouterLimits | None = None,
         gossip_handler: GossipStreamHandler | None = None,
+        send_budget: SharedBudget | None = None,
     ) -> None:
         self.rpc = rpc
         self.limits = limits = limits or RouterLimits()
@@ -173,6 +178,8 @@ class Router:
         self._max_per_client = limits.max_conns_per_client
         self._per_client: dict[str, int] = {}
         self._gossip = gossip_handler
+        self.send_budget = send_budget
+        """The agent-wide byte budget that yamux sessions draw on (None: per session only)."""
         self._sessions: set[YamuxSession] = set()
         self._handlers: dict[int, RouteHandler] = {
             RPCType.CONSUL: self._route_rpc,
@@ -226,7 +233,9 @@ class Router:
             limit = self._max_per_client
             if limit and count >= limit:
                 self.stats.rejected_conn_limit += 1
-                self._log.error(f"{ERR_CONN_LIMIT}: conn=from={peer}")
+                self._log.throttled(
+                    ERR, "server-port:conn-limit", f"{ERR_CONN_LIMIT}: conn=from={peer}"
+                )
                 await trio.aclose_forcefully(stream)
                 return
             self._per_client[ip] = count + 1
@@ -256,11 +265,18 @@ class Router:
         try:
             await self._route(stream, context)
         except* _EXPECTED_ERRORS as group:
-            self._log.debug(f"connection from {context.peer} ended: {first_leaf(group)!r}")
+            self._log.throttled(
+                DEBUG,
+                "server-port:connection-ended",
+                f"connection from {context.peer} ended: {clip(repr(first_leaf(group)))}",
+            )
         except* Exception as group:
-            # A bug, not the peer's fault: log it loudly, keep serving everyone else.
-            detail = "".join(traceback.format_exception(group)).rstrip()
-            self._log.error(f"connection from {context.peer} failed: {detail}")
+            # A bug, not the peer's fault: log it loudly (once a second), serve everyone else.
+            self._log.throttled(
+                ERR,
+                "server-port:connection-failed",
+                f"connection from {context.peer} failed: {describe_failure(group)}",
+            )
         finally:
             self.stats.connections -= 1
             await trio.aclose_forcefully(stream)
@@ -274,7 +290,11 @@ class Router:
             first = await stream.receive_some(1)
         if scope.cancelled_caught:
             self.stats.first_byte_timeouts += 1
-            self._log.warn(f"closing connection from {context.peer}: no type byte in time")
+            self._log.throttled(
+                WARN,
+                "server-port:first-byte-timeout",
+                f"closing connection from {context.peer}: no type byte in time",
+            )
             return
         if not first:
             return
@@ -286,7 +306,9 @@ class Router:
             and kind not in (RPCType.TLS, RPCType.TLS_INSECURE)
         ):
             self.stats.refused_non_tls += 1
-            self._log.warn(f"{ERR_NON_TLS}: conn=from={context.peer} byte={kind}")
+            self._log.throttled(
+                WARN, "server-port:non-tls", f"{ERR_NON_TLS}: conn=from={context.peer} byte={kind}"
+            )
             return
         handler = self._handlers.get(kind)
         if handler is None:
@@ -296,7 +318,11 @@ class Router:
 
     def _unrecognized(self, kind: int, peer: str) -> None:
         self.stats.unrecognized += 1
-        self._log.error(f"{ERR_UNRECOGNIZED_BYTE}: byte={kind} conn=from={peer}")
+        self._log.throttled(
+            ERR,
+            "server-port:unrecognized-byte",
+            f"{ERR_UNRECOGNIZED_BYTE}: byte={kind} conn=from={peer}",
+        )
 
     async def _route_rpc(self, stream: trio.abc.Stream, context: _Context) -> None:
         await self.rpc.serve(stream, context.peer)
@@ -317,11 +343,17 @@ class Router:
     ) -> trio.SSLStream[trio.abc.Stream] | None:
         if context.is_tls:
             self.stats.refused_tls_in_tls += 1
-            self._log.error(f"{ERR_TLS_IN_TLS}: conn=from={context.peer}")
+            self._log.throttled(
+                ERR, "server-port:tls-in-tls", f"{ERR_TLS_IN_TLS}: conn=from={context.peer}"
+            )
             return None
         if tls_context is None:
             self.stats.tls_failures += 1
-            self._log.error(f"TLS connection attempted, but TLS is not configured: {context.peer}")
+            self._log.throttled(
+                ERR,
+                "server-port:tls-not-configured",
+                f"TLS connection attempted, but TLS is not configured: {context.peer}",
+            )
             return None
         tls_stream = wrap_server(stream, tls_context)
         with trio.move_on_at(deadline) as scope:
@@ -330,11 +362,19 @@ class Router:
             except trio.BrokenResourceError as exc:
                 self.stats.tls_failures += 1
                 cause = exc.__cause__ or exc
-                self._log.warn(f"TLS handshake with {context.peer} failed: {cause}")
+                self._log.throttled(
+                    WARN,
+                    "server-port:tls-handshake-failed",
+                    f"TLS handshake with {context.peer} failed: {clip(cause)}",
+                )
                 return None
         if scope.cancelled_caught:
             self.stats.tls_failures += 1
-            self._log.warn(f"TLS handshake with {context.peer} did not finish in time")
+            self._log.throttled(
+                WARN,
+                "server-port:tls-handshake-timeout",
+                f"TLS handshake with {context.peer} did not finish in time",
+            )
             return None
         return tls_stream
 
@@ -354,7 +394,12 @@ class Router:
 
     async def _route_mux(self, stream: trio.abc.Stream, context: _Context) -> None:
         session = YamuxSession(
-            stream, client=False, config=self.limits.yamux, logger=self._log, peer=context.peer
+            stream,
+            client=False,
+            config=self.limits.yamux,
+            logger=self._log,
+            peer=context.peer,
+            send_budget=self.send_budget,
         )
         self._sessions.add(session)
         self.stats.mux_sessions += 1
@@ -377,7 +422,11 @@ class Router:
             with trio.move_on_after(self.limits.first_byte_timeout) as scope:
                 first = await sub.receive_some()
             if scope.cancelled_caught:
-                self._log.warn(f"closing mux stream from {context.peer}: no data in time")
+                self._log.throttled(
+                    WARN,
+                    "server-port:mux-first-byte-timeout",
+                    f"closing mux stream from {context.peer}: no data in time",
+                )
                 return
             if not first:
                 return
@@ -390,10 +439,17 @@ class Router:
             else:
                 await self.rpc.serve(sub, context.peer, initial=first)
         except* _EXPECTED_ERRORS as group:
-            self._log.debug(f"mux stream from {context.peer} ended: {first_leaf(group)!r}")
+            self._log.throttled(
+                DEBUG,
+                "server-port:mux-stream-ended",
+                f"mux stream from {context.peer} ended: {clip(repr(first_leaf(group)))}",
+            )
         except* Exception as group:
-            detail = "".join(traceback.format_exception(group)).rstrip()
-            self._log.error(f"mux stream from {context.peer} failed: {detail}")
+            self._log.throttled(
+                ERR,
+                "server-port:mux-stream-failed",
+                f"mux stream from {context.peer} failed: {describe_failure(group)}",
+            )
         finally:
             self.stats.mux_streams -= 1
             await trio.aclose_forcefully(sub)

@@ -5,11 +5,14 @@ Wiring, for the agent::
 
     endpoints = Endpoints()                         # Status.Ping included
     endpoints.register(MEMBERS_WAN_ENDPOINT, members_wan_endpoint(agent.wan.members))
-    port = ServerPort(config.server_addr, endpoints, tls, hub.logger("agent.server.rpc"))
+    port = ServerPort(config.server_addr, endpoints, tls, hub.logger("agent.server.rpc"),
+                      RouterLimits(send_queue_bytes=config.send_queue_bytes),
+                      send_budget=agent.send_budget)   # the agent-wide byte budget
     address = await nursery.start(port.run)         # the really bound address
     pool.set_local([address], port.call_local)      # calls to ourselves stay in-process
     ...
     port.set_max_conns_per_client(n)                # on reload
+    port.set_send_queue_bytes(config.send_queue_bytes)  # on reload (new streams)
     port.shutdown()                                 # run() returns once connections drained
 """
 
@@ -21,7 +24,8 @@ from typing import Any, Final
 
 import trio
 
-from ..logs import Logger
+from ..budget import SharedBudget
+from ..logs import DEBUG, WARN, LogLike, NullLog, clip
 from ..protocol.bodies import Member
 from ..transports import DEFAULT_NETWORK, Address, AddressError, MemoryNetwork, open_listeners
 from ..transports import parse_address as _parse
@@ -30,7 +34,6 @@ from .pool import ConnectionPool
 from .router import GossipStreamHandler, Router, RouterLimits
 from .rpc_codec import DEFAULT_SERVER_PORT
 from .tls import TLSConfig
-from .yamux_session import quiet_logger
 
 MEMBERS_WAN_ENDPOINT: Final = "Agent.MembersWAN"
 """Body ``{}`` in; ``{"Members": [Member wire dicts]}`` out (the agent RPC's members body)."""
@@ -45,19 +48,34 @@ class ServerPort:
         bind: str | Address,
         endpoints: Endpoints,
         tls: TLSConfig | None,
-        logger: Logger,
+        logger: LogLike,
         limits: RouterLimits | None = None,
         *,
         gossip_handler: GossipStreamHandler | None = None,
         network: MemoryNetwork = DEFAULT_NETWORK,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        send_budget: SharedBudget | None = None,
     ) -> None:
         self.bind = bind if isinstance(bind, Address) else _parse(bind)
         self.endpoints = endpoints
         self.limits = limits = limits or RouterLimits()
-        self.rpc = RPCServer(endpoints, logger, max_object_size=limits.max_object_size)
+        self.send_budget = send_budget if send_budget is not None else SharedBudget()
+        """The agent-wide byte budget of what this port queues to send (the agent's own when
+        it passes one, else one of the default size for this port alone)."""
+        self.rpc = RPCServer(
+            endpoints,
+            logger,
+            max_object_size=limits.max_object_size,
+            send_queue_bytes=limits.send_queue_bytes,
+            send_budget=self.send_budget,
+        )
         self.router = Router(
-            self.rpc, logger, tls=tls, limits=limits, gossip_handler=gossip_handler
+            self.rpc,
+            logger,
+            tls=tls,
+            limits=limits,
+            gossip_handler=gossip_handler,
+            send_budget=self.send_budget,
         )
         self.address: Address | None = None
         """The address really bound (known once :meth:`run` has started)."""
@@ -110,6 +128,13 @@ class ServerPort:
     def set_max_conns_per_client(self, limit: int) -> None:
         self.router.set_max_conns_per_client(limit)
 
+    def set_send_queue_bytes(self, limit: int) -> None:
+        """Change each stream's byte budget (``reload``); applies to streams opened after it.
+        The agent-wide budget changes with ``send_budget.set_limit``."""
+        if limit < 1:
+            raise ValueError("send_queue_bytes must be positive")
+        self.rpc.send_queue_bytes = limit
+
     def set_gossip_handler(self, handler: GossipStreamHandler | None) -> None:
         self.router.set_gossip_handler(handler)
 
@@ -140,23 +165,31 @@ def server_addresses(members: Iterable[Member]) -> list[str]:
 
 
 async def forward_members_wan(
-    pool: ConnectionPool, servers: Iterable[str | Address], *, logger: Logger | None = None
+    pool: ConnectionPool, servers: Iterable[str | Address], *, logger: LogLike | None = None
 ) -> list[dict[str, Any]] | None:
     """Ask the servers, in order, for their WAN members; the first good answer wins.
 
     Returns the Member wire dicts (as :meth:`Member.to_wire` makes them), or None when no
     server answered (a client-mode agent then answers ``members-wan`` with an empty list).
     """
-    log = logger or quiet_logger("agent.client")
+    log: LogLike = logger or NullLog()
     for server in servers:
         try:
             reply = await pool.call(server, MEMBERS_WAN_ENDPOINT, {})
         except (RPCCallError, RemoteError, AddressError) as exc:
-            log.debug(f"members-wan: server {server} did not answer: {exc}")
+            log.throttled(
+                DEBUG,
+                "server-port:members-wan-no-answer",
+                f"members-wan: server {server} did not answer: {clip(exc)}",
+            )
             continue
         members = reply.get("Members") if isinstance(reply, dict) else None
         if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
-            log.warn(f"members-wan: server {server} sent a malformed reply")
+            log.throttled(
+                WARN,
+                "server-port:members-wan-malformed",
+                f"members-wan: server {server} sent a malformed reply",
+            )
             continue
         return members
     return None

@@ -249,6 +249,8 @@ class YamuxConnection:
         self.remote_go_away = False
         self.outbound_unacked = 0
         """Streams we opened that the peer has not acknowledged yet."""
+        self.buffered_input = 0
+        """Bytes received and not read yet, over all streams (see :meth:`shed_input`)."""
         self.terminated: YamuxError | None = None
 
     # ------------------------------------------------------------------ queries
@@ -372,6 +374,7 @@ class YamuxConnection:
         else:
             data = bytes(buffer[:max_bytes])
             del buffer[:max_bytes]
+        self.buffered_input -= len(data)
         self._maybe_update_window(stream)
         return data
 
@@ -404,7 +407,7 @@ class YamuxConnection:
         if stream.state in (StreamState.CLOSED, StreamState.RESET):
             return
         stream.state = StreamState.RESET
-        stream.buffer.clear()
+        self._drop_buffer(stream)
         self._forget(stream)
         if self.terminated is None:
             self._queue(FrameType.WINDOW_UPDATE, Flag.RST, stream.stream_id, 0)
@@ -413,8 +416,34 @@ class YamuxConnection:
         """The local user will read no more: drop what is buffered and what still arrives,
         granting the window back so that the peer can finish and send its FIN."""
         stream.discard = True
-        stream.buffer.clear()
+        self._drop_buffer(stream)
         self._maybe_update_window(stream)
+
+    def _drop_buffer(self, stream: SessionStream) -> None:
+        self.buffered_input -= len(stream.buffer)
+        stream.buffer.clear()
+
+    def shed_input(self, limit: int) -> list[int]:
+        """Keep what the streams hold unread within ``limit`` bytes: reset (RST) the streams
+        holding the most until it fits, and return their ids.
+
+        Each stream's window bounds what the peer may send it, but not how many streams hold a
+        full window that nobody reads; this bounds the session. A peer that reads its replies
+        never meets it (the reference has no such bound; its memory grows instead).
+        """
+        if self.buffered_input <= limit:
+            return []
+        holding = [stream for stream in self._streams.values() if stream.buffer]
+        # Recount from the live streams (a stream forgotten with unread data no longer counts).
+        self.buffered_input = sum(len(stream.buffer) for stream in holding)
+        holding.sort(key=lambda stream: len(stream.buffer), reverse=True)
+        shed: list[int] = []
+        for stream in holding:
+            if self.buffered_input <= limit:
+                break
+            self.reset_stream(stream)
+            shed.append(stream.stream_id)
+        return shed
 
     def ping(self) -> int:
         """Queue a ping (SYN); returns its opaque value, echoed in the answer."""
@@ -490,6 +519,7 @@ class YamuxConnection:
             self._maybe_update_window(stream)
             return
         stream.buffer += chunk
+        self.buffered_input += len(chunk)
 
     def _handle_frame(
         self,

@@ -7,10 +7,14 @@ write timeout) and, when enabled, a keep-alive task (a ping every 30 s, answered
 timeout or the session ends).
 
 Back-pressure is real at every step: a stream's ``send_all`` waits while the peer's window is
-zero, and also while the output queued for the transport is above ``max_buffered_output``; the
-reader stops reading while that queue is far above the mark (a peer that sends but never reads
-cannot grow it). So a slow reader at the far end blocks the writer here instead of making the
-session buffer without bound; received data never exceeds a stream's window.
+zero, and also while the session's byte budget (:attr:`YamuxSession.send_budget`,
+``max_buffered_output`` bytes, drawing on the agent-wide ``send_budget`` when one is given)
+is spent: data is counted from the moment it is queued until the writer handed it to the
+kernel, in chunks of at most ``SEND_CHUNK`` (64 KiB) so that an empty session can always make
+progress. The reader stops reading while the control frames queued for the transport are far
+above the mark (a peer that sends but never reads cannot grow them). So a slow reader at the far
+end blocks the writer here instead of making the session buffer without bound, however many
+streams it opens; received data never exceeds a stream's window.
 
 Closing: :meth:`YamuxSession.close` queues a go-away (normal), lets the writer flush what is
 queued (bounded by the write timeout), then the run ends and the transport is closed. Streams
@@ -19,13 +23,13 @@ then fail with ``trio.BrokenResourceError``; data already received can still be 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Final
 
 import trio
 
-from ..logs import ERR, Logger, LogHub
+from ..budget import ConnectionBudget, SharedBudget
+from ..logs import DEBUG, ERR, WARN, LogLike, NullLog, clip
 from .yamux import (
     DEFAULT_ACCEPT_BACKLOG,
     INITIAL_WINDOW,
@@ -44,11 +48,8 @@ from .yamux import (
 DEFAULT_KEEPALIVE_INTERVAL: Final = 30.0
 DEFAULT_WRITE_TIMEOUT: Final = 10.0
 READ_SIZE: Final = 64 * 1024
-
-
-def quiet_logger(component: str = "serverport") -> Logger:
-    """A logger that writes nowhere (for callers that pass none)."""
-    return LogHub(ERR + 1, sink=io.StringIO(), ring_size=1).logger(component)
+SEND_CHUNK: Final = 64 * 1024
+"""Largest data frame a stream queues at once (what an empty session may always queue)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,11 @@ class YamuxConfig:
     """Longest a write to the transport (or a ping's answer) may take before the session ends."""
     max_stream_window: int = INITIAL_WINDOW
     max_buffered_output: int = 256 * 1024
-    """Stream writers wait while more than this is queued for the transport."""
+    max_buffered_input: int = 4 * 1024 * 1024
+    """Bytes all streams of the session may hold received and unread; past it the streams
+    holding the most are reset (each stream's window alone bounds only that stream)."""
+    """Bytes of stream data the session holds queued for the transport (its byte budget);
+    stream writers wait past it."""
     read_size: int = READ_SIZE
 
 
@@ -106,6 +111,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint_if_cancelled()
             session = self._session
             conn = session._conn
+            budget = session.send_budget
+            state = self._state
             view = memoryview(data)
             total = len(view)
             position = 0
@@ -113,18 +120,31 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("stream is closed")
-                if conn.terminated is None and conn.pending_output > session._high_water:
-                    parked = True
-                    await session._drain_lot.park()
-                    continue
+                # Each chunk is accounted in the session's byte budget (and the agent's) from
+                # the moment it is queued until the writer has handed it to the kernel.
+                size = min(total - position, state.send_window, SEND_CHUNK)
+                reserved = 0
+                if size and conn.terminated is None:
+                    if not budget.try_reserve(size):
+                        parked = True
+                        try:
+                            await budget.reserve(size)
+                        except trio.ClosedResourceError:
+                            raise session._dead_error() from None
+                    reserved = size
                 try:
-                    sent = conn.send_data(self._state, view[position:])
+                    sent = conn.send_data(state, view[position : position + size])
                 except StreamClosedError as exc:
+                    budget.release(reserved)
                     raise trio.ClosedResourceError(str(exc)) from None
                 except YamuxError as exc:
+                    budget.release(reserved)
                     raise _broken(exc) from None
+                if reserved > sent:
+                    budget.release(reserved - sent)
                 if sent:
                     position += sent
+                    session._reserved_output += sent
                     session._kick_writer()
                 if position >= total:
                     break
@@ -235,14 +255,20 @@ class YamuxSession:
         client: bool,
         *,
         config: YamuxConfig | None = None,
-        logger: Logger | None = None,
+        logger: LogLike | None = None,
         peer: str = "",
+        send_budget: SharedBudget | None = None,
     ) -> None:
         self.transport = stream
         self.client = client
         self.config = config = config or YamuxConfig()
         self.peer = peer
-        self._log = logger or quiet_logger("yamux")
+        self._log: LogLike = logger or NullLog()
+        self.send_budget = ConnectionBudget(config.max_buffered_output, send_budget)
+        self.streams_shed = 0
+        """Streams reset because the session held too much unread input."""
+        """Stream data queued for the transport and not yet handed to the kernel."""
+        self._reserved_output = 0
         self._conn = YamuxConnection(
             client, accept_backlog=config.accept_backlog, max_window=config.max_stream_window
         )
@@ -328,6 +354,7 @@ class YamuxSession:
         if self._closing:
             return
         self._closing = True
+        self.send_budget.close()
         self._conn.connection_lost(error)
         self.error = self._conn.terminated
         for event in self._pings.values():
@@ -425,6 +452,7 @@ class YamuxSession:
         transport = self.transport
         read_size = self.config.read_size
         hard_limit = 4 * self._high_water
+        max_input = self.config.max_buffered_input
         try:
             while True:
                 data = await transport.receive_some(read_size)
@@ -434,17 +462,40 @@ class YamuxSession:
                 try:
                     events = conn.receive_data(data)
                 except YamuxError as exc:
-                    self._log.error(f"yamux session with {self.peer or 'peer'} failed: {exc}")
+                    self._log.throttled(
+                        ERR,
+                        "server-port:yamux-protocol-error",
+                        f"yamux session with {self.peer or 'peer'} failed: {clip(exc)}",
+                    )
                     self._finish(exc)
                     return
                 if events:
                     self._dispatch(events)
+                if conn.buffered_input > max_input:
+                    self._shed_input(max_input)
                 if conn.pending_output:
                     self._kick_writer()
                     while conn.pending_output > hard_limit and not self._closing:
                         await self._drain_lot.park()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._finish(SessionShutdownError(f"connection lost: {exc}"))
+
+    def _shed_input(self, limit: int) -> None:
+        shed = self._conn.shed_input(limit)
+        if not shed:
+            return
+        self.streams_shed += len(shed)
+        self._log.throttled(
+            WARN,
+            "server-port:yamux-input-shed",
+            f"yamux: reset {len(shed)} stream(s) of {self.peer or 'peer'} holding more than "
+            f"{limit} unread bytes together",
+        )
+        for stream_id in shed:
+            handle = self._handles.get(stream_id)
+            if handle is not None:
+                handle._wake()
+        self._kick_writer()
 
     def _dispatch(self, events: list[Event]) -> None:
         handles = self._handles
@@ -460,7 +511,11 @@ class YamuxSession:
                 if waiter is not None:
                     waiter.set()
             else:
-                self._log.debug(f"yamux: {self.peer or 'peer'} sent go-away: no new streams")
+                self._log.throttled(
+                    DEBUG,
+                    "server-port:yamux-go-away",
+                    f"yamux: {self.peer or 'peer'} sent go-away: no new streams",
+                )
                 self._open_lot.unpark_all()
         if self._conn.outbound_unacked < self._conn.accept_backlog:
             self._open_lot.unpark_all()
@@ -478,12 +533,19 @@ class YamuxSession:
                         break
                     await self._writer_lot.park()
                     continue
+                reserved = self._reserved_output
+                self._reserved_output = 0
                 self._drain_lot.unpark_all()
-                with trio.move_on_after(timeout) as scope:
-                    await transport.send_all(data)
+                try:
+                    with trio.move_on_after(timeout) as scope:
+                        await transport.send_all(data)
+                finally:
+                    self.send_budget.release(reserved)
                 if scope.cancelled_caught:
-                    self._log.error(
-                        f"yamux session with {self.peer or 'peer'}: connection write timeout"
+                    self._log.throttled(
+                        ERR,
+                        "server-port:yamux-write-timeout",
+                        f"yamux session with {self.peer or 'peer'}: connection write timeout",
                     )
                     self._finish(SessionShutdownError("connection write timeout"))
                     break
@@ -500,7 +562,11 @@ class YamuxSession:
             try:
                 await self.ping()
             except trio.TooSlowError:
-                self._log.error(f"yamux: keepalive with {self.peer or 'peer'} failed: no answer")
+                self._log.throttled(
+                    ERR,
+                    "server-port:yamux-keepalive",
+                    f"yamux: keepalive with {self.peer or 'peer'} failed: no answer",
+                )
                 self._finish(SessionShutdownError("keepalive timeout"))
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -512,6 +578,6 @@ __all__ = [
     "DEFAULT_WRITE_TIMEOUT",
     "YamuxConfig",
     "YamuxSession",
+    "SEND_CHUNK",
     "YamuxStream",
-    "quiet_logger",
 ]

@@ -1,4 +1,5 @@
-"""The log hub: line format, ring, level filter, bounded subscriptions that count drops."""
+"""The log hub: line format, ring (bounded in lines and bytes), level filter, subscriptions
+bounded in lines and bytes that count drops."""
 
 from __future__ import annotations
 
@@ -7,8 +8,21 @@ import re
 
 import pytest
 import trio
+import trio.testing
 
-from agentrpc.logs import DEBUG, ERR, INFO, TRACE, WARN, LogHub, parse_level
+from agentrpc.logs import (
+    DEBUG,
+    DEFAULT_RING_BYTES,
+    ERR,
+    INFO,
+    LINE_OVERHEAD,
+    MAX_MESSAGE_CHARS,
+    TRACE,
+    WARN,
+    LogHub,
+    line_bytes,
+    parse_level,
+)
 
 
 def test_line_format_and_sink_level() -> None:
@@ -115,3 +129,143 @@ def test_throttled_lines_are_held_back_and_counted() -> None:
     assert lines[0].endswith("bad client")
     assert lines[1].endswith("another kind")
     assert lines[2].endswith("bad client (49 similar lines held back)")
+
+
+# ---------------------------------------------------------------------- bounded in bytes
+
+
+def test_512_lines_of_a_megabyte_keep_the_ring_within_its_byte_bound() -> None:
+    hub = LogHub(INFO, sink=io.StringIO())
+    log = hub.logger("agent.rpc")
+    huge = "x" * (1 << 20)
+    for _ in range(512):
+        log.debug(huge)  # below the agent's level: never printed, but ringed
+    assert hub.ring_bytes == DEFAULT_RING_BYTES
+    assert 0 < hub.ring_used <= DEFAULT_RING_BYTES
+    assert hub.ring_used == sum(line_bytes(line) for _, line in hub._ring)
+    # Each line was cut in emit (the last line of defence), saying how long it really was.
+    for _, line in hub._ring:
+        assert len(line) < MAX_MESSAGE_CHARS + 100
+        assert line.endswith(f"...({1 << 20} characters)")
+    assert len(hub._ring) == DEFAULT_RING_BYTES // line_bytes(hub._ring[0][1])
+
+
+def test_the_byte_bound_evicts_the_oldest_and_replay_stays_in_order() -> None:
+    hub = LogHub(ERR, sink=io.StringIO(), ring_bytes=16 * 1024)
+    log = hub.logger("t")
+    for i in range(400):
+        log.trace(f"{i:04d} " + "y" * 1000)
+    replay = hub.subscribe(TRACE).replay
+    assert hub.ring_used <= 16 * 1024
+    assert 10 <= len(replay) < 400
+    numbers = [int(line.split(": ")[1][:4]) for line in replay]
+    assert numbers == list(range(400 - len(replay), 400))  # the newest, oldest first
+
+
+def test_every_level_is_kept_within_the_byte_bound() -> None:
+    hub = LogHub(ERR, sink=io.StringIO())
+    log = hub.logger("t")
+    log.trace("t")
+    log.debug("d")
+    log.info("i")
+    assert [level for level, _ in hub._ring] == [TRACE, DEBUG, INFO]
+
+
+def test_set_ring_bytes_shrinks_the_ring_at_once() -> None:
+    hub = LogHub(ERR, sink=io.StringIO())
+    log = hub.logger("t")
+    for i in range(300):
+        log.info(f"{i} " + "z" * 500)
+    assert len(hub._ring) == 300
+    hub.set_ring_bytes(4096)
+    assert hub.ring_used <= 4096
+    assert hub._ring[-1][1].endswith(": 299 " + "z" * 500)
+    with pytest.raises(ValueError):
+        hub.set_ring_bytes(0)
+
+
+def test_non_ascii_lines_count_four_bytes_a_character() -> None:
+    assert line_bytes("ab") == 2 + LINE_OVERHEAD
+    assert line_bytes("a\U0001f600") == 8 + LINE_OVERHEAD
+    hub = LogHub(ERR, sink=io.StringIO(), ring_bytes=8192)
+    log = hub.logger("t")
+    for _ in range(100):
+        log.info("\U0001f600" * 500)
+    assert hub.ring_used <= 8192
+    assert len(hub._ring) == 8192 // line_bytes(hub._ring[0][1])
+
+
+def test_a_line_bigger_than_a_tiny_ring_is_printed_but_not_kept() -> None:
+    sink = io.StringIO()
+    hub = LogHub(INFO, sink=sink, ring_bytes=1024)
+    log = hub.logger("t")
+    log.info("small")
+    log.info("w" * 5000)
+    assert [line[-5:] for _, line in hub._ring] == ["small"]
+    assert "w" * 5000 in sink.getvalue()
+
+
+def test_a_monitor_queue_is_bounded_in_bytes_and_counts_drops() -> None:
+    hub = LogHub(ERR, sink=io.StringIO())
+    log = hub.logger("t")
+    sub = hub.subscribe(TRACE, queue_size=10_000, queue_bytes=64 * 1024)
+    for _ in range(100):
+        log.debug("q" * 4000)
+    assert sub.queued_bytes <= 64 * 1024
+    assert sub.queued == 64 * 1024 // line_bytes(f"{hub._ring[-1][1]}")
+    assert sub.dropped == 100 - sub.queued
+    assert hub.monitor_dropped == sub.dropped
+    assert hub.monitor_queued_bytes == sub.queued_bytes
+    # Reading gives the bytes back; closing releases what is left.
+    sub.lines.receive_nowait()
+    assert sub.queued_bytes == (sub.queued) * line_bytes(hub._ring[-1][1])
+    sub.close()
+    assert hub.monitor_queued_bytes == 0
+    with pytest.raises(trio.ClosedResourceError):
+        sub.lines.receive_nowait()
+
+
+def test_monitors_that_never_read_are_bounded_together() -> None:
+    hub = LogHub(ERR, sink=io.StringIO(), monitor_bytes=100 * 1024)
+    log = hub.logger("t")
+    subs = [hub.subscribe(DEBUG, queue_size=10_000, queue_bytes=1 << 20) for _ in range(4)]
+    for _ in range(1000):
+        log.debug("m" * 1000)
+    assert hub.monitor_queued_bytes == sum(sub.queued_bytes for sub in subs)
+    assert hub.monitor_queued_bytes <= 100 * 1024
+    assert all(sub.dropped for sub in subs)
+    assert len(hub._ring) < 1000  # no "dropping" lines either
+
+
+async def test_live_lines_wake_a_waiting_reader_and_end_after_what_is_queued() -> None:
+    hub = LogHub(ERR, sink=io.StringIO())
+    log = hub.logger("t")
+    sub = hub.subscribe(INFO)
+    got: list[str] = []
+
+    async def read_all() -> None:
+        async for line in sub.lines:
+            got.append(line.rsplit(": ", 1)[1])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_all)
+        await trio.testing.wait_all_tasks_blocked()
+        log.info("one")
+        log.debug("hidden")
+        log.warn("two")
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == ["one", "two"]
+        log.info("three")
+        hub.close()
+    assert got == ["one", "two", "three"]
+    assert hub.monitor_queued_bytes == 0
+
+
+def test_lines_gives_the_ring_filtered_by_level() -> None:
+    hub = LogHub(ERR, sink=io.StringIO())
+    log = hub.logger("t")
+    log.debug("a")
+    log.warn("b")
+    log.error("c")
+    assert [line[-1] for line in hub.lines()] == ["a", "b", "c"]
+    assert [line[-1] for line in hub.lines(WARN)] == ["b", "c"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 import trustme
 
+from agentrpc.budget import SharedBudget
 from agentrpc.logs import TRACE, Logger, LogHub
 from agentrpc.serverport import Endpoints, GossipStreamHandler, RouterLimits, ServerPort, TLSConfig
 from agentrpc.transports import Address
@@ -145,6 +146,7 @@ async def running_port(
     limits: RouterLimits | None = None,
     gossip: GossipStreamHandler | None = None,
     log: LogCapture | None = None,
+    send_budget: SharedBudget | None = None,
 ) -> AsyncIterator[RunningPort]:
     """A server port on 127.0.0.1 with an OS-assigned port, shut down on exit."""
     log = log or LogCapture()
@@ -156,6 +158,7 @@ async def running_port(
         limits,
         gossip_handler=gossip,
         drain_timeout=0.5,
+        send_budget=send_budget,
     )
     async with trio.open_nursery() as nursery:
         address = await nursery.start(port.run)

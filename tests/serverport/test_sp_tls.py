@@ -86,14 +86,18 @@ async def test_pool_dials_tls_when_outgoing_tls_is_on(files: TLSFiles) -> None:
 
 async def test_verify_incoming_refuses_plain_connections(files: TLSFiles) -> None:
     async with running_port(tls=files.server()) as running:
+        names = []
         for kind in (0, 4, 6):
             plain = await tcp(running.address)
+            names.append(local_name(plain))
             await plain.send_all(bytes([kind]) + PING_REQUEST)
             assert await read_to_eof(plain) == b""
-            assert (
-                f"Non-TLS connection attempted with VerifyIncoming set: "
-                f"conn=from={local_name(plain)} byte={kind}"
-            ) in running.log.text
+        assert running.port.router.stats.refused_non_tls == 3
+        # Logged with the peer and the byte, through the per-kind throttle: one line a second.
+        assert (
+            f"Non-TLS connection attempted with VerifyIncoming set: conn=from={names[0]} byte=0"
+        ) in running.log.text
+        assert running.log.text.count("Non-TLS connection attempted") == 1
         # In-process calls never leave the process: they are served without TLS.
         assert await running.port.call_local("Status.Ping", {}) == {}
 
@@ -174,7 +178,8 @@ async def test_tls_bytes_without_tls_configured_are_closed() -> None:
             stream = await tcp(running.address)
             await stream.send_all(bytes([kind]) + b"\x16\x03\x01")
             assert await read_to_eof(stream) == b""
-        assert log.text.count("TLS is not configured") == 2
+        assert running.port.router.stats.tls_failures == 2
+        assert log.text.count("TLS is not configured") == 1  # the throttle: one line a second
 
 
 def test_tls_config_validation(files: TLSFiles, tmp_path: Path) -> None:

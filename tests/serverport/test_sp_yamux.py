@@ -567,3 +567,48 @@ async def test_accept_backlog_resets_streams_beyond_it(
 
 async def test_frame_type_names() -> None:
     assert [t.name for t in FrameType] == ["DATA", "WINDOW_UPDATE", "PING", "GO_AWAY"]
+
+
+def test_unread_input_over_all_streams_is_bounded_by_resetting_the_fullest() -> None:
+    server = YamuxConnection(client=False)
+    window = 256 * 1024
+    opens = b"".join(frame(WINDOW_UPDATE, SYN, sid, 0) for sid in range(1, 41, 2))
+    server.receive_data(opens)
+    # 20 streams, each sent its whole window, none read: 5 MiB held.
+    for sid in range(1, 41, 2):
+        server.receive_data(frame(DATA, 0, sid, window) + b"x" * window)
+    server.data_to_send()
+    assert server.buffered_input == 20 * window
+    # A stream partly read holds less and is kept over the full ones.
+    assert server.read(server.streams[1], window // 2) == b"x" * (window // 2)
+    server.data_to_send()  # the window update that read earned
+    shed = server.shed_input(4 * 1024 * 1024)
+    assert len(shed) == 4 and 1 not in shed
+    assert server.buffered_input == 20 * window - window // 2 - 4 * window
+    assert server.data_to_send() == b"".join(frame(WINDOW_UPDATE, RST, sid, 0) for sid in shed)
+    assert server.shed_input(4 * 1024 * 1024) == []
+
+
+async def test_a_session_whose_streams_nobody_reads_resets_them_past_its_input_bound(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limit = 1024 * 1024
+    async with session_pair(
+        server_config=YamuxConfig(keepalive_interval=None, max_buffered_input=limit)
+    ) as (client, server):
+        streams = [await client.open_stream() for _ in range(8)]
+        async with trio.open_nursery() as nursery:
+            for stream in streams:
+                nursery.start_soon(stream.send_all, b"y" * 256 * 1024)
+        await trio.testing.wait_all_tasks_blocked()
+        assert server._conn.buffered_input <= limit
+        assert server.streams_shed == 4
+        reset = 0
+        for stream in streams:
+            # A stream that was kept has no window left (nobody reads): its send waits.
+            with trio.move_on_after(1):
+                try:
+                    await stream.send_all(b"more")
+                except trio.BrokenResourceError:
+                    reset += 1
+        assert reset == 4
