@@ -175,3 +175,7 @@ class MemberlistHandle(Protocol):
     async def send_reliable(self, node: str, payload: bytes) -> None:
         """A user message over a stream to one node (raises ``OSError`` on failure)."""
         ...
+
+    def set_max_members(self, max_members: int) -> None:
+        """Change how many nodes the node table holds at most (``reload``)."""
+        ...

@@ -22,6 +22,20 @@ and runs, in one nursery, until cancelled:
 * the push/pull loop: a full state exchange with a random alive peer at the scaled interval;
 * the suspicion timer: sleeps until the earliest suspicion deadline and declares the dead.
 
+Bounds against hostile peers: the node table holds at most ``max_members`` nodes (config
+``gossip_max_members``; :meth:`Memberlist.set_max_members` changes it at run time), shared by
+alive messages and push/pulls; unknown nodes past it are ignored and counted
+(``stats.refused_members``). A push/pull whose header declares more nodes than that bound is
+refused before a single node state is decoded (``err`` reply, counted in ``bad_streams``): a
+peer with more nodes than we may hold cannot be merged anyway, and this is the cheapest
+honest refusal, costing the bytes of the header and nothing per node. A push/pull within the
+bound is decoded as its bytes arrive and merged in slices of ``_MERGE_SLICE`` nodes with a
+checkpoint between them, so even a full one never holds the event loop for long. Every log
+line a peer can cause at will (bad packets and streams, pings for another node, refused or
+failed push/pulls, invalid message types, too many push/pulls or indirect probes) goes
+through the logger's per-kind throttle (``memberlist.*`` keys, at most one line a second
+each), and every string the peer chose is cut with :func:`agentrpc.logs.clip`.
+
 Outbound UDP is compressed only when that makes it smaller and carries a CRC only for peers
 with PMax >= 5; stream messages are always compressed (as Go does). Give the constructor a
 ``Logger`` for the ``memberlist`` component: lines then read as Go's do, e.g.
@@ -53,6 +67,7 @@ from agentrpc.gossip.contract import (
 )
 from agentrpc.gossip.messages import (
     LABEL_MAX_SIZE,
+    MAX_PUSH_STATE_NODES,
     META_MAX_SIZE,
     PROTOCOL_VERSION_DEFAULT,
     PROTOCOL_VERSION_MAX,
@@ -74,7 +89,7 @@ from agentrpc.gossip.messages import (
     decode_body,
     encode_message,
 )
-from agentrpc.gossip.node_table import NodeTable, ProtocolVersionError
+from agentrpc.gossip.node_table import DEFAULT_MAX_MEMBERS, NodeTable, ProtocolVersionError
 from agentrpc.gossip.packet import (
     COMPOUND_HEADER_OVERHEAD,
     COMPOUND_PART_OVERHEAD,
@@ -92,7 +107,7 @@ from agentrpc.gossip.stream import (
     StreamReader,
     StreamUserMessage,
 )
-from agentrpc.logs import Logger
+from agentrpc.logs import DEBUG, ERR, WARN, Logger, clip
 from agentrpc.transports import describe_connect_error
 
 __all__ = [
@@ -108,10 +123,17 @@ DEFAULT_VSN: Final[Vsn] = (1, 5, 2, 2, 5, 4)
 """Advertised versions: memberlist 1-5 speaking 2, delegate (serf) 2-5 speaking 4, which
 both a serf agent (delegate 5) and Consul 0.7-era pools (delegate max 4) accept."""
 MAX_PUSH_PULL_REQUESTS: Final = 128
+MAX_INBOUND_STREAM_BYTES: Final = 32 << 20
+"""Bytes that all inbound streams together may have read and not finished handling (32 MiB);
+a stream that would pass it is refused. Each stream's own caps (state size, node count) bound
+one message; this bounds how many of them are in memory at once. A slow stream holds only what
+it has sent, so a slow-loris cannot keep the others out."""
 """Concurrent inbound push/pulls served (memberlist's maxPushPullRequests)."""
 MAX_INDIRECT_PROBES: Final = 1024
 """Concurrent indirect probes run for other nodes; requests beyond are dropped."""
 _STREAM_READ_SIZE: Final = 65536
+_MERGE_SLICE: Final = 512
+"""Node states of a push/pull merged between two checkpoints."""
 _USER_MSG_OVERHEAD: Final = 1
 _UINT32_MASK: Final = 0xFFFFFFFF
 
@@ -153,6 +175,8 @@ class MemberlistConfig:
     protocol_version: int = PROTOCOL_VERSION_DEFAULT
     """The memberlist protocol version whose behaviour we follow (encryption padding,
     port masking)."""
+    max_members: int = DEFAULT_MAX_MEMBERS
+    """Nodes the table holds at most, ourselves included (config ``gossip_max_members``)."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -166,6 +190,17 @@ class MemberlistConfig:
             raise ValueError(f"vsn {self.vsn!r} is not min <= cur <= max")
         if not PROTOCOL_VERSION_MIN <= self.protocol_version <= PROTOCOL_VERSION_MAX:
             raise ValueError(f"unsupported protocol version {self.protocol_version}")
+        if self.max_members < 1:
+            raise ValueError(f"max_members must be positive, got {self.max_members}")
+
+
+class _Held:
+    """Bytes one inbound stream has read (given back when it is done)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
 
 
 @dataclass(slots=True)
@@ -190,6 +225,11 @@ class MemberlistStats:
     probes: int = 0
     failed_probes: int = 0
     """Probes that ended in a suspicion."""
+    streams_over_budget: int = 0
+    """Inbound streams refused because all of them together had read too much."""
+    refused_members: int = 0
+    """Alive states (messages or push/pull entries) about unknown nodes ignored because the
+    table held ``max_members`` nodes already."""
 
 
 class _AckWaiter:
@@ -219,7 +259,7 @@ class Memberlist:
         self._log = logger
         self._transport = transport
         self._rng = rng if rng is not None else random.Random()
-        self.stats = MemberlistStats()
+        self._stats = MemberlistStats()
         self._awareness = Awareness(self._profile.awareness_max_multiplier)
         self._suspicion_wakeup = trio.Event()
         self._table = NodeTable(
@@ -230,6 +270,7 @@ class Memberlist:
             log=logger,
             awareness=self._awareness,
             on_suspicion_change=self._wake_suspicion_timer,
+            max_members=config.max_members,
         )
         self._label = config.label.encode()
         self._keyring = config.keyring
@@ -253,7 +294,25 @@ class Memberlist:
         self._seq = 0
         self._ack_waiters: dict[int, _AckWaiter] = {}
         self._push_pull_active = 0
+        self._inbound_bytes = 0
         self._indirect_active = 0
+
+    @property
+    def stats(self) -> MemberlistStats:
+        """This instance's counters (the table's refusals included)."""
+        stats = self._stats
+        stats.refused_members = self._table.refused_members
+        return stats
+
+    @property
+    def max_members(self) -> int:
+        """Nodes the table holds at most (ourselves included)."""
+        return self._table.max_members
+
+    def set_max_members(self, max_members: int) -> None:
+        """Change the node bound at run time (``reload``): it applies to the next alive
+        message and to push/pulls read from then on; nobody is evicted when it shrinks."""
+        self._table.set_max_members(max_members)
 
     # ----------------------------------------------------------------------------------------
     # MemberlistHandle.
@@ -308,7 +367,7 @@ class Memberlist:
             try:
                 await self._push_pull(address, join=True)
             except _PEER_ERRORS as exc:
-                outcomes[index] = f"Failed to join {address.host}: {_describe(exc)}"
+                outcomes[index] = f"Failed to join {address.host}: {clip(_describe(exc))}"
                 self._log.debug(outcomes[index] or "")
 
         async with trio.open_nursery() as nursery:
@@ -469,19 +528,27 @@ class Memberlist:
                 )
             except GossipDecodeError as exc:
                 self.stats.bad_packets += 1
-                self._log.debug(f"Dropping packet from={source}: {exc}")
+                self._log.throttled(
+                    DEBUG, "memberlist.bad-packet", f"Dropping packet from={source}: {clip(exc)}"
+                )
                 continue
             if inbound.truncated or inbound.problems:
                 self.stats.bad_messages += inbound.truncated + len(inbound.problems)
                 details = "; ".join(inbound.problems) or f"{inbound.truncated} truncated parts"
-                self._log.debug(f"Bad parts in packet from={source}: {details}")
+                self._log.throttled(
+                    DEBUG,
+                    "memberlist.bad-parts",
+                    f"Bad parts in packet from={source}: {clip(details)}",
+                )
             for msg_type, body in inbound.messages:
                 try:
                     await self._handle_packet_message(msg_type, body, source)
                 except GossipError as exc:
                     self.stats.bad_messages += 1
-                    self._log.debug(
-                        f"Failed to handle message type {msg_type} from={source}: {exc}"
+                    self._log.throttled(
+                        DEBUG,
+                        "memberlist.bad-message",
+                        f"Failed to handle message type {msg_type} from={source}: {clip(exc)}",
                     )
 
     async def _handle_packet_message(
@@ -528,7 +595,11 @@ class Memberlist:
 
     async def _on_ping(self, ping: Ping, source: GossipAddress) -> None:
         if ping.node and ping.node != self._config.name:
-            self._log.warn(f"Got ping for unexpected node '{ping.node}' from={source}")
+            self._log.throttled(
+                WARN,
+                "memberlist.ping-unexpected-node",
+                f"Got ping for unexpected node '{clip(ping.node)}' from={source}",
+            )
             return
         reply = self._reply_address(ping.source_addr, ping.source_port, source)
         ack = encode_message(AckResp(ping.seq_no))
@@ -545,7 +616,11 @@ class Memberlist:
                 f"indirect ping target of {len(request.target)} bytes is not an IP"
             ) from None
         if self._indirect_active >= MAX_INDIRECT_PROBES:
-            self._log.debug(f"Too many indirect probes, dropping request from={source}")
+            self._log.throttled(
+                DEBUG,
+                "memberlist.too-many-indirect-probes",
+                f"Too many indirect probes, dropping request from={source}",
+            )
             return
         port = request.port
         if port == 0 or self._config.protocol_version < 2:
@@ -585,6 +660,7 @@ class Memberlist:
             label=self._label,
             keyring=self._keyring,
             verify_incoming=self._config.gossip_verify_incoming,
+            max_nodes=min(MAX_PUSH_STATE_NODES, self._table.max_members),
         )
         if response:
             # Replies carry no label header, yet their encryption is bound to our label:
@@ -593,15 +669,25 @@ class Memberlist:
         return reader
 
     async def _receive_stream_message(
-        self, stream: trio.abc.Stream, reader: StreamReader
+        self, stream: trio.abc.Stream, reader: StreamReader, held: _Held | None = None
     ) -> StreamMessage | None:
-        """The next message on ``stream``; None if it ended cleanly first."""
+        """The next message on ``stream``; None if it ended cleanly first. With ``held`` (an
+        inbound stream), what is read counts against :data:`MAX_INBOUND_STREAM_BYTES`."""
         eof = False
         while True:
             message = reader.next_message()
             if message is not None or eof:
                 return message
             data = await stream.receive_some(_STREAM_READ_SIZE)
+            if data and held is not None:
+                if self._inbound_bytes + len(data) > MAX_INBOUND_STREAM_BYTES:
+                    self.stats.streams_over_budget += 1
+                    raise GossipDecodeError(
+                        "inbound streams hold more than "
+                        f"{MAX_INBOUND_STREAM_BYTES >> 20} MiB at once; try again later"
+                    )
+                self._inbound_bytes += len(data)
+                held.count += len(data)
             if data:
                 reader.feed(data)
             else:
@@ -617,14 +703,20 @@ class Memberlist:
         user_state = self._delegate.local_state(join)
         return self._encoder.push_pull(self._table.push_states(), user_state, join=join)
 
-    def _merge_remote_state(self, exchange: PushPull) -> None:
+    async def _merge_remote_state(self, exchange: PushPull) -> None:
+        """Check the versions of the whole exchange, then merge it a slice at a time with a
+        checkpoint in between (raises :class:`ProtocolVersionError` before any change)."""
         nodes: list[PushNodeState] = [
             replace(node, port=self._bound_port)
             if node.port == 0 or self._config.protocol_version < 2
             else node
             for node in exchange.nodes
         ]
-        self._table.merge(nodes, trio.current_time())
+        self._table.verify_protocol(nodes)
+        for start in range(0, len(nodes), _MERGE_SLICE):
+            if start:
+                await trio.lowlevel.checkpoint()
+            self._table.apply_states(nodes[start : start + _MERGE_SLICE], trio.current_time())
         if exchange.user_state:
             self._delegate.merge_remote_state(exchange.user_state, exchange.join)
         self.stats.push_pulls += 1
@@ -654,13 +746,13 @@ class Memberlist:
         if reply is None:
             raise RemoteStreamError("EOF")
         if isinstance(reply, ErrResp):
-            raise RemoteStreamError(f"remote error: {reply.error}")
+            raise RemoteStreamError(f"remote error: {clip(reply.error)}")
         if not isinstance(reply, PushPull):
             raise RemoteStreamError(
                 f"received invalid msgType ({_stream_type(reply)}), expected pushPullMsg "
                 f"({int(MessageType.PUSH_PULL)}) from={address}"
             )
-        self._merge_remote_state(reply)
+        await self._merge_remote_state(reply)
 
     async def _stream_loop(self, listener: StreamListener) -> None:
         backoff = 0.0
@@ -672,7 +764,9 @@ class Memberlist:
                     return
                 except OSError as exc:
                     backoff = min(1.0, backoff * 2 if backoff else 0.005)
-                    self._log.error(f"Error accepting TCP connection: {exc}")
+                    self._log.throttled(
+                        ERR, "memberlist.accept-error", f"Error accepting TCP connection: {exc}"
+                    )
                     await trio.sleep(backoff)
                     continue
                 backoff = 0.0
@@ -687,24 +781,39 @@ class Memberlist:
 
     async def _handle_stream(self, stream: trio.abc.Stream, peer: GossipAddress) -> None:
         """Serve one inbound stream; every failure stays inside this connection."""
-        self._log.debug(f"Stream connection from={peer}")
+        self._log.throttled(DEBUG, "memberlist.stream-connection", f"Stream connection from={peer}")
         try:
             async with stream:
                 await self._serve_stream(stream, peer)
         except _PEER_ERRORS as exc:
             self.stats.bad_streams += 1
-            self._log.error(f"Failed to serve stream: {_describe(exc)} from={peer}")
+            self._log.throttled(
+                ERR,
+                "memberlist.stream-failed",
+                f"Failed to serve stream: {clip(_describe(exc))} from={peer}",
+            )
 
     async def _serve_stream(self, stream: trio.abc.Stream, peer: GossipAddress) -> None:
+        held = _Held()
+        try:
+            await self._serve_stream_message(stream, peer, held)
+        finally:
+            self._inbound_bytes -= held.count
+
+    async def _serve_stream_message(
+        self, stream: trio.abc.Stream, peer: GossipAddress, held: _Held
+    ) -> None:
         timeout = self._profile.tcp_timeout
         reader = self._new_reader()
         with trio.fail_after(timeout):
             try:
-                message = await self._receive_stream_message(stream, reader)
+                message = await self._receive_stream_message(stream, reader, held)
             except GossipDecodeError as exc:
                 self.stats.bad_streams += 1
-                self._log.error(f"failed to receive: {exc} from={peer}")
-                await stream.send_all(self._encoder.err(str(exc)))
+                self._log.throttled(
+                    ERR, "memberlist.stream-bad-data", f"failed to receive: {clip(exc)} from={peer}"
+                )
+                await stream.send_all(self._encoder.err(clip(exc)))
                 return
         if message is None:
             return
@@ -714,28 +823,44 @@ class Memberlist:
         elif isinstance(message, PushPull):
             if self._push_pull_active >= MAX_PUSH_PULL_REQUESTS:
                 self.stats.bad_streams += 1
-                self._log.error("Too many pending push/pull requests")
+                self._log.throttled(
+                    ERR,
+                    "memberlist.too-many-push-pulls",
+                    f"Too many pending push/pull requests, refusing one from={peer}",
+                )
                 return
             self._push_pull_active += 1
             try:
                 with trio.fail_after(timeout):
                     await stream.send_all(self._local_state(message.join))
                 try:
-                    self._merge_remote_state(message)
+                    await self._merge_remote_state(message)
                 except ProtocolVersionError as exc:
                     self.stats.bad_streams += 1
-                    self._log.error(f"Failed push/pull merge: {exc} from={peer}")
+                    self._log.throttled(
+                        ERR,
+                        "memberlist.push-pull-merge-failed",
+                        f"Failed push/pull merge: {clip(exc)} from={peer}",
+                    )
             finally:
                 self._push_pull_active -= 1
         elif isinstance(message, Ping):
             if message.node and message.node != self._config.name:
-                self._log.warn(f"Got ping for unexpected node {message.node} from={peer}")
+                self._log.throttled(
+                    WARN,
+                    "memberlist.stream-ping-unexpected-node",
+                    f"Got ping for unexpected node {clip(message.node)} from={peer}",
+                )
                 return
             with trio.fail_after(timeout):
                 await stream.send_all(self._encoder.ack(AckResp(message.seq_no)))
         else:
             self.stats.bad_streams += 1
-            self._log.error(f"Received invalid msgType ({_stream_type(message)}) from={peer}")
+            self._log.throttled(
+                ERR,
+                "memberlist.stream-invalid-type",
+                f"Received invalid msgType ({_stream_type(message)}) from={peer}",
+            )
 
     # ----------------------------------------------------------------------------------------
     # Probing.
@@ -780,7 +905,7 @@ class Memberlist:
                 await waiter.acked.wait()
             if waiter.acked.is_set():
                 return
-            self._log.debug(f"Failed ping: {target.name} (timeout reached)")
+            self._log.debug(f"Failed ping: {clip(target.name)} (timeout reached)")
 
             expected_nacks = 0
             port = self._advertise.port if self._advertise is not None else 0
@@ -811,7 +936,7 @@ class Memberlist:
                 return
             if fallback:
                 self._log.warn(
-                    f"Was able to connect to {target.name} but other probes failed, "
+                    f"Was able to connect to {clip(target.name)} but other probes failed, "
                     "network may be misconfigured"
                 )
                 return
@@ -821,7 +946,7 @@ class Memberlist:
             missing = max(0, expected_nacks - waiter.nacks)
             awareness_delta = missing if expected_nacks > 0 else 1
             self.stats.failed_probes += 1
-            self._log.info(f"Suspect {target.name} has failed, no acks received")
+            self._log.info(f"Suspect {clip(target.name)} has failed, no acks received")
             suspect = Suspect(target.incarnation, target.name, self._config.name)
             self._table.suspect(suspect, trio.current_time())
         finally:
@@ -845,16 +970,26 @@ class Memberlist:
                     )
                 if not isinstance(reply, AckResp):
                     kind = "EOF" if reply is None else _stream_type(reply)
-                    self._log.error(f"Failed fallback ping: unexpected msgType ({kind})")
+                    self._log.throttled(
+                        ERR,
+                        "memberlist.fallback-ping-failed",
+                        f"Failed fallback ping: unexpected msgType ({kind})",
+                    )
                 elif reply.seq_no != ping.seq_no:
-                    self._log.error(
+                    self._log.throttled(
+                        ERR,
+                        "memberlist.fallback-ping-failed",
                         f"Failed fallback ping: sequence number from ack ({reply.seq_no}) "
-                        f"doesn't match ping ({ping.seq_no})"
+                        f"doesn't match ping ({ping.seq_no})",
                     )
                 else:
                     contacted.append(True)
         except _PEER_ERRORS as exc:
-            self._log.error(f"Failed fallback ping: {_describe(exc)}")
+            self._log.throttled(
+                ERR,
+                "memberlist.fallback-ping-failed",
+                f"Failed fallback ping: {clip(_describe(exc))}",
+            )
 
     # ----------------------------------------------------------------------------------------
     # Gossip, push/pull, suspicion.
@@ -897,7 +1032,11 @@ class Memberlist:
             try:
                 await self._push_pull(target.address, join=False)
             except _PEER_ERRORS as exc:
-                self._log.error(f"Push/Pull with {target.name} failed: {_describe(exc)}")
+                self._log.throttled(
+                    ERR,
+                    "memberlist.push-pull-failed",
+                    f"Push/Pull with {clip(target.name)} failed: {clip(_describe(exc))}",
+                )
 
     def _wake_suspicion_timer(self) -> None:
         self._suspicion_wakeup.set()

@@ -29,6 +29,16 @@ The rules, in short (see the methods for the details):
 * ``dead`` with ``Node == From`` is a voluntary leave: the node becomes LEFT, not DEAD.
 * Push/pull state is merged after a protocol-version check over the whole cluster: alive
   states as alive messages, left as a voluntary dead, dead and suspect downgraded to suspect.
+* The map holds at most ``max_members`` nodes (config ``gossip_max_members``, 50,000 by
+  default; :meth:`NodeTable.set_max_members` changes it at run time). Alive messages and
+  push/pull merges share that one bound: past it, an alive state about a node we do not know
+  is ignored and counted (:attr:`NodeTable.refused_members`), and one throttled WARN says
+  so. Known nodes still update. As in Go, a suspect or dead message about a node we do not
+  know is ignored: it never creates an entry. Lowering the bound evicts nobody; the map just
+  stops growing until it is below the new bound.
+
+Every log line a peer can cause at will goes through the logger's per-kind throttle, and
+every string a peer chose (node names, Meta) is cut with :func:`agentrpc.logs.clip`.
 """
 
 from __future__ import annotations
@@ -57,12 +67,13 @@ from agentrpc.gossip.messages import (
 from agentrpc.gossip.probe_order import ProbeOrder, k_random_nodes
 from agentrpc.gossip.profiles import GossipProfile
 from agentrpc.gossip.suspicion import Suspicion
-from agentrpc.logs import LogLike, NullLog
+from agentrpc.logs import ERR, INFO, WARN, LogLike, NullLog, clip
 
 if TYPE_CHECKING:
     from agentrpc.gossip.contract import MemberlistEvents
 
 __all__ = [
+    "DEFAULT_MAX_MEMBERS",
     "NO_VSN",
     "NodeRecord",
     "NodeTable",
@@ -89,7 +100,7 @@ def _ip_text(addr: bytes) -> str:
     try:
         return str(ipaddress.ip_address(addr))
     except ValueError:
-        return f"<{addr.hex()}>"
+        return f"<{clip(addr.hex())}>"
 
 
 @dataclass(slots=True)
@@ -139,6 +150,12 @@ DEFAULT_MAX_MEMBERS: Final = 50_000
 """Members one pool keeps at most (config ``gossip_max_members``)."""
 
 
+def _check_max_members(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_members must be a positive integer, got {value!r}")
+    return value
+
+
 class NodeTable:
     """The node map of one memberlist instance, with memberlist's state rules."""
 
@@ -152,9 +169,14 @@ class NodeTable:
         log: TableLog | None = None,
         awareness: Awareness | None = None,
         on_suspicion_change: Callable[[], None] | None = None,
+        max_members: int = DEFAULT_MAX_MEMBERS,
     ) -> None:
         """``on_suspicion_change`` is called whenever a suspicion timer starts, stops or
-        changes its deadline, so that the engine re-reads :meth:`next_suspicion_deadline`."""
+        changes its deadline, so that the engine re-reads :meth:`next_suspicion_deadline`.
+        ``max_members`` bounds the node map (ourselves included)."""
+        self._max_members = _check_max_members(max_members)
+        self.refused_members = 0
+        """Alive states about unknown nodes ignored because the map was full."""
         self.local_name = local_name
         self.profile = profile
         self._rng = rng
@@ -171,6 +193,28 @@ class NodeTable:
         self._local_vsn: Vsn = NO_VSN
         self.has_left = False
         self.broadcasts = BroadcastQueue(profile.retransmit_mult, self.estimated_num_nodes)
+
+    # ----------------------------------------------------------------------------------------
+    # The bound.
+
+    @property
+    def max_members(self) -> int:
+        """Nodes the map holds at most (ourselves included)."""
+        return self._max_members
+
+    def set_max_members(self, max_members: int) -> None:
+        """Change the bound (``reload``); nobody is evicted when it shrinks."""
+        self._max_members = _check_max_members(max_members)
+
+    def _refuse(self, name: str) -> None:
+        self.refused_members += 1
+        self._log.throttled(
+            WARN,
+            "memberlist.max-members",
+            f"Ignoring node '{clip(name)}' and any other new node: the pool already has "
+            f"{len(self._nodes)} members (gossip_max_members is {self._max_members}); "
+            f"{self.refused_members} refused so far",
+        )
 
     # ----------------------------------------------------------------------------------------
     # Reading.
@@ -303,27 +347,37 @@ class NodeTable:
         if vsn is not None:
             pmin, pmax, pcur = vsn[0], vsn[1], vsn[2]
             if pmin == 0 or pmax == 0 or pmin > pmax:
-                self._log.warn(
-                    f"Ignoring an alive message for '{name}' "
+                self._log.throttled(
+                    WARN,
+                    "memberlist.alive-bad-vsn",
+                    f"Ignoring an alive message for '{clip(name)}' "
                     f"({_ip_text(message.addr)}:{message.port}) because protocol version(s) "
-                    f"are wrong: {pmin} <= {pcur} <= {pmax} should be >0"
+                    f"are wrong: {pmin} <= {pcur} <= {pmax} should be >0",
                 )
                 return
         if len(message.addr) not in (4, 16):
-            self._log.warn(
-                f"Ignoring an alive message for '{name}': address of {len(message.addr)} bytes"
+            self._log.throttled(
+                WARN,
+                "memberlist.alive-bad-addr",
+                f"Ignoring an alive message for '{clip(name)}': address of "
+                f"{len(message.addr)} bytes",
             )
             return
         if len(message.meta) > META_MAX_SIZE:
-            self._log.warn(
-                f"Ignoring an alive message for '{name}': Meta of {len(message.meta)} bytes "
-                f"exceeds {META_MAX_SIZE}"
+            self._log.throttled(
+                WARN,
+                "memberlist.alive-big-meta",
+                f"Ignoring an alive message for '{clip(name)}': Meta of {len(message.meta)} "
+                f"bytes exceeds {META_MAX_SIZE}",
             )
             return
 
         record = self._nodes.get(name)
         updates_node = False
         if record is None:
+            if not is_local and len(self._nodes) >= self._max_members:
+                self._refuse(name)
+                return
             record = NodeRecord(
                 name=name,
                 addr=message.addr,
@@ -340,17 +394,21 @@ class NodeTable:
             reclaim_time = self.profile.dead_node_reclaim_time
             can_reclaim = reclaim_time > 0 and now - record.state_change > reclaim_time
             if record.state == NodeState.LEFT or (record.state == NodeState.DEAD and can_reclaim):
-                self._log.info(
-                    f"Updating address for left or failed node {name} from "
+                self._log.throttled(
+                    INFO,
+                    "memberlist.alive-new-address",
+                    f"Updating address for left or failed node {clip(name)} from "
                     f"{_ip_text(record.addr)}:{record.port} to "
-                    f"{_ip_text(message.addr)}:{message.port}"
+                    f"{_ip_text(message.addr)}:{message.port}",
                 )
                 updates_node = True
             else:
-                self._log.error(
-                    f"Conflicting address for {name}. Mine: {_ip_text(record.addr)}:"
+                self._log.throttled(
+                    ERR,
+                    "memberlist.alive-conflict",
+                    f"Conflicting address for {clip(name)}. Mine: {_ip_text(record.addr)}:"
                     f"{record.port} Theirs: {_ip_text(message.addr)}:{message.port} "
-                    f"Old state: {record.state.name.lower()}"
+                    f"Old state: {record.state.name.lower()}",
                 )
                 return
 
@@ -371,10 +429,12 @@ class NodeTable:
             ):
                 return
             self._refute(record, message.incarnation)
-            self._log.warn(
-                f"Refuting an alive message for '{name}' "
-                f"({_ip_text(message.addr)}:{message.port}) meta:({message.meta!r} VS "
-                f"{record.meta!r}), vsn:({message.vsn} VS {record.vsn})"
+            self._log.throttled(
+                WARN,
+                "memberlist.refute-alive",
+                f"Refuting an alive message for '{clip(name)}' "
+                f"({_ip_text(message.addr)}:{message.port}) meta:({clip(repr(message.meta))} "
+                f"VS {clip(repr(record.meta))}), vsn:({message.vsn} VS {record.vsn})",
             )
         else:
             self._broadcast(name, message, finished)
@@ -410,7 +470,11 @@ class NodeTable:
             return
         if name == self.local_name:
             self._refute(record, message.incarnation)
-            self._log.warn(f"Refuting a suspect message (from: {message.from_node})")
+            self._log.throttled(
+                WARN,
+                "memberlist.refute-suspect",
+                f"Refuting a suspect message (from: {clip(message.from_node)})",
+            )
             return
         self._broadcast(name, message)
         record.incarnation = message.incarnation
@@ -437,7 +501,11 @@ class NodeTable:
         if name == self.local_name:
             if not self.has_left:
                 self._refute(record, message.incarnation)
-                self._log.warn(f"Refuting a dead message (from: {message.from_node})")
+                self._log.throttled(
+                    WARN,
+                    "memberlist.refute-dead",
+                    f"Refuting a dead message (from: {clip(message.from_node)})",
+                )
                 return
             self._broadcast(name, message, finished)
         else:
@@ -509,6 +577,11 @@ class NodeTable:
         fit. States other than the four known ones are ignored.
         """
         self.verify_protocol(remote)
+        self.apply_states(remote, now)
+
+    def apply_states(self, remote: Sequence[PushNodeState], now: float) -> None:
+        """The second half of :meth:`merge`, without the version check: for an engine that
+        checks a whole push/pull once, then applies it in slices between checkpoints."""
         for node in remote:
             if node.state == NodeState.ALIVE:
                 alive = Alive(
@@ -543,7 +616,7 @@ class NodeTable:
             ):
                 continue
             self._log.info(
-                f"Marking {name} as failed, suspect timeout reached "
+                f"Marking {clip(name)} as failed, suspect timeout reached "
                 f"({timer.suspicion.confirmations} peer confirmations)"
             )
             self.dead(Dead(record.incarnation, name, self.local_name), now)
@@ -633,6 +706,10 @@ class NodeTable:
         try:
             payload = encode_message(message)
         except GossipEncodeError as exc:
-            self._log.error(f"Failed to encode message for broadcast: {exc}")
+            self._log.throttled(
+                ERR,
+                "memberlist.broadcast-encode",
+                f"Failed to encode message for broadcast: {clip(exc)}",
+            )
             return
         self.broadcasts.queue(Broadcast(payload, name=node, finished=finished))

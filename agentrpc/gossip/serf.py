@@ -26,6 +26,23 @@ The rules are serf's (serf.go, delegate.go, event_delegate.go):
 
 User events and queries are not produced or relayed here: their Lamport times are witnessed so
 that our clocks stay in step with the cluster, and the messages are otherwise dropped.
+
+What a peer can make this layer keep, and its bound (``max_members``, the pool's
+``gossip_max_members``, changed at run time with :meth:`SerfState.set_max_members`):
+
+* members: one per node memberlist announced (memberlist's table has the same bound), but
+  failed and left members outlive memberlist's entry for a day. A new member past the bound
+  takes the place of the oldest failed or left one (reaped early, with a REAP event); with
+  none to reap it is not added, and counted (``refused_members``).
+* buffered intents about unknown nodes: at most ``max_members``, each for
+  ``recent_intent_timeout``; past it a new one is ignored (not rebroadcast) and counted
+  (``refused_intents``).
+* the intent queue: rebroadcast news is pruned back to ``max_queue_depth`` as soon as it holds
+  twice that, not only at the periodic check.
+* user events, queries, their responses and relays keep nothing (only the clocks move).
+
+Every log line a peer can cause at will goes through the per-kind throttle (``serf.*``
+keys), and every peer-chosen string in a line is cut with :func:`agentrpc.logs.clip`.
 """
 
 from __future__ import annotations
@@ -42,6 +59,7 @@ from agentrpc.gossip.broadcast_queue import Broadcast, BroadcastQueue
 from agentrpc.gossip.contract import GossipAddress, NodeInfo
 from agentrpc.gossip.lamport import LamportClock
 from agentrpc.gossip.messages import META_MAX_SIZE, GossipDecodeError, GossipEncodeError, Vsn
+from agentrpc.gossip.node_table import DEFAULT_MAX_MEMBERS
 from agentrpc.gossip.serf_messages import (
     JoinIntent,
     LeaveIntent,
@@ -56,7 +74,7 @@ from agentrpc.gossip.serf_messages import (
     encode_serf_message,
     encode_tags,
 )
-from agentrpc.logs import LogLike, NullLog
+from agentrpc.logs import DEBUG, ERR, WARN, LogLike, NullLog, clip
 from agentrpc.protocol.constants import (
     STATUS_ALIVE,
     STATUS_FAILED,
@@ -147,9 +165,12 @@ class SerfConfig:
     """How long an intent about an unknown node stays buffered."""
     queue_depth_warning: int = 128
     max_queue_depth: int = 4096
+    max_members: int = DEFAULT_MAX_MEMBERS
+    """Members, and buffered intents about unknown nodes, kept at most."""
 
     def __post_init__(self) -> None:
         positive = {
+            "max_members": self.max_members,
             "broadcast_timeout": self.broadcast_timeout,
             "reap_interval": self.reap_interval,
             "reconnect_interval": self.reconnect_interval,
@@ -257,7 +278,7 @@ def _ip_text(addr: bytes) -> str:
     try:
         return str(ipaddress.ip_address(addr))
     except ValueError:
-        return addr.hex() or "<no address>"
+        return clip(addr.hex()) or "<no address>"
 
 
 class SerfState:
@@ -287,6 +308,11 @@ class SerfState:
         self._intents: dict[str, _Intent] = {}
         self._pending_prunes: dict[str, float] = {}
         self._version = 1
+        self._max_members = config.max_members
+        self.refused_members = 0
+        """New members not added because the bound was reached with nobody to reap."""
+        self.refused_intents = 0
+        """Intents about unknown nodes not buffered because the buffer was full."""
         self._broadcasts = BroadcastQueue(config.retransmit_mult, self.num_nodes)
         # Every clock starts at 1, so that a join intent's default LTime of 0 is never newer.
         self.clock = LamportClock(1)
@@ -365,6 +391,47 @@ class SerfState:
         kind = "join" if intent.kind is SerfMessageType.JOIN else "leave"
         return kind, intent.ltime
 
+    # ------------------------------------------------------------------ bounds
+
+    @property
+    def max_members(self) -> int:
+        return self._max_members
+
+    def set_max_members(self, max_members: int) -> None:
+        """Change the bound on members and buffered intents (``reload``); nothing is dropped
+        when it shrinks, the state just stops growing."""
+        if isinstance(max_members, bool) or not isinstance(max_members, int) or max_members < 1:
+            raise ValueError(f"max_members must be a positive integer, got {max_members!r}")
+        self._max_members = max_members
+
+    def _make_room(self, name: str) -> bool:
+        """Room for one more member: reap the oldest failed or left one if the bound is
+        reached. False (counted, logged) when everybody is alive or leaving."""
+        if len(self._members) < self._max_members:
+            return True
+        oldest: _MemberRecord | None = None
+        for names in (self._failed, self._left):
+            for candidate in names:
+                record = self._members[candidate]
+                if oldest is None or (record.leave_time or 0.0) < (oldest.leave_time or 0.0):
+                    oldest = record
+                break  # insertion order: the first one is the oldest of its list
+        if oldest is not None:
+            self._log.info(
+                f"EventMemberReap (member limit): {clip(oldest.name)} {_ip_text(oldest.addr)}"
+            )
+            self._erase(oldest)
+            return True
+        self.refused_members += 1
+        self._log.throttled(
+            WARN,
+            "serf.max-members",
+            f"Not adding member '{clip(name)}' or any other new one: {len(self._members)} "
+            f"members, none failed or left (gossip_max_members is {self._max_members}); "
+            f"{self.refused_members} refused so far",
+        )
+        return False
+
     # ------------------------------------------------------------------ tags
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -386,7 +453,7 @@ class SerfState:
         try:
             return decode_tags(meta)
         except GossipDecodeError as exc:
-            self._log.error(f"Failed to decode tags: {exc}")
+            self._log.throttled(ERR, "serf.bad-tags", f"Failed to decode tags: {clip(exc)}")
             return {}
 
     # ------------------------------------------------------------------ MemberlistDelegate
@@ -407,29 +474,43 @@ class SerfState:
         try:
             message = decode_serf_message(payload)
         except GossipDecodeError as exc:
-            self._log.error(f"Error decoding message of type {payload[0]}: {exc}")
+            self._log.throttled(
+                ERR,
+                "serf.bad-message",
+                f"Error decoding message of type {payload[0]}: {clip(exc)}",
+            )
             return
+        log = self._log
         rebroadcast = False
         if isinstance(message, LeaveIntent):
-            self._log.debug(f"messageLeaveType: {message.node}")
+            log.throttled(DEBUG, "serf.leave-intent", f"messageLeaveType: {clip(message.node)}")
             rebroadcast = self.handle_leave_intent(message)
         elif isinstance(message, JoinIntent):
-            self._log.debug(f"messageJoinType: {message.node}")
+            log.throttled(DEBUG, "serf.join-intent", f"messageJoinType: {clip(message.node)}")
             rebroadcast = self.handle_join_intent(message)
         elif isinstance(message, UserEvent):
             self.event_clock.witness(message.ltime)
-            self._log.debug(f"messageUserEventType: {message.name} (ignored)")
+            log.throttled(
+                DEBUG, "serf.user-event", f"messageUserEventType: {clip(message.name)} (ignored)"
+            )
         elif isinstance(message, Query):
             self.query_clock.witness(message.ltime)
-            self._log.debug(f"messageQueryType: {message.name} (ignored)")
+            log.throttled(DEBUG, "serf.query", f"messageQueryType: {clip(message.name)} (ignored)")
         elif isinstance(message, QueryResponse):
-            self._log.debug(f"messageQueryResponseType: {message.from_node} (ignored)")
+            log.throttled(
+                DEBUG,
+                "serf.query-response",
+                f"messageQueryResponseType: {clip(message.from_node)} (ignored)",
+            )
         elif isinstance(message, Relay):
-            self._log.debug(f"relay to {message.dest_name or _ip_text(message.dest_ip)} (ignored)")
+            destination = message.dest_name or _ip_text(message.dest_ip)
+            log.throttled(DEBUG, "serf.relay", f"relay to {clip(destination)} (ignored)")
         else:  # a push/pull message never travels as a user message
-            self._log.warn(f"Received message of unexpected type: {payload[0]}")
+            log.throttled(
+                WARN, "serf.unexpected-type", f"Received message of unexpected type: {payload[0]}"
+            )
         if rebroadcast:
-            self._broadcasts.queue(Broadcast(bytes(payload)))
+            self._queue_news(bytes(payload))
 
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         return self._broadcasts.get_broadcasts(overhead, limit)
@@ -449,15 +530,19 @@ class SerfState:
     def merge_remote_state(self, state: bytes, join: bool) -> None:
         """A peer's push/pull state: witness its clocks, then replay its leaves and joins."""
         if not state:
-            self._log.error("Remote state is zero bytes")
+            self._log.throttled(ERR, "serf.remote-state-empty", "Remote state is zero bytes")
             return
         if state[0] != SerfMessageType.PUSH_PULL:
-            self._log.error(f"Remote state has bad type prefix: {state[0]}")
+            self._log.throttled(
+                ERR, "serf.remote-state-bad-type", f"Remote state has bad type prefix: {state[0]}"
+            )
             return
         try:
             remote = decode_serf_message(state)
         except GossipDecodeError as exc:
-            self._log.error(f"Failed to decode remote state: {exc}")
+            self._log.throttled(
+                ERR, "serf.remote-state-bad", f"Failed to decode remote state: {clip(exc)}"
+            )
             return
         assert isinstance(remote, SerfPushPull)
         # No message with the sender's current times has been sent yet: witness one less.
@@ -486,6 +571,8 @@ class SerfState:
         record = self._members.get(node.name)
         tags = self._decode_tags(node.meta)
         if record is None:
+            if not self._make_room(node.name):
+                return
             old_status = MemberStatus.NONE
             record = _MemberRecord(
                 node.name, node.addr, node.port, tags, MemberStatus.ALIVE, node.vsn
@@ -510,7 +597,7 @@ class SerfState:
             self._left.pop(node.name, None)
         self._pending_prunes.pop(node.name, None)
         self._changed()
-        self._log.info(f"EventMemberJoin: {record.name} {_ip_text(record.addr)}")
+        self._log.info(f"EventMemberJoin: {clip(record.name)} {_ip_text(record.addr)}")
         self._emit(MemberEventType.JOIN, record)
 
     def notify_leave(self, node: NodeInfo) -> None:
@@ -528,10 +615,14 @@ class SerfState:
             self._failed[record.name] = None
             event, text = MemberEventType.FAILED, "EventMemberFailed"
         else:
-            self._log.warn(f"Bad state when leave: {record.name} is {record.status}")
+            self._log.throttled(
+                WARN,
+                "serf.bad-leave-state",
+                f"Bad state when leave: {clip(record.name)} is {record.status}",
+            )
             return
         self._changed()
-        self._log.info(f"{text}: {record.name} {_ip_text(record.addr)}")
+        self._log.info(f"{text}: {clip(record.name)} {_ip_text(record.addr)}")
         self._emit(event, record)
 
     def notify_update(self, node: NodeInfo) -> None:
@@ -543,7 +634,7 @@ class SerfState:
         record.tags = self._decode_tags(node.meta)
         record.vsn = node.vsn
         self._changed()
-        self._log.info(f"EventMemberUpdate: {record.name}")
+        self._log.info(f"EventMemberUpdate: {clip(record.name)}")
         self._emit(MemberEventType.UPDATE, record)
 
     # ------------------------------------------------------------------ intents
@@ -557,7 +648,7 @@ class SerfState:
         if intent.ltime <= record.status_ltime:
             return False
         if intent.node == self._config.node_name and self._lifecycle is SerfLifecycle.ALIVE:
-            self._log.debug("Refuting an older leave intent")
+            self._log.throttled(DEBUG, "serf.refute-leave", "Refuting an older leave intent")
             self.broadcast_join(self.clock.time())
             return False
         # Take the time even when the status stays: a second leave intent for the same
@@ -571,7 +662,9 @@ class SerfState:
             self._failed.pop(record.name, None)
             self._left[record.name] = None
             self._changed()
-            self._log.info(f"EventMemberLeave (forced): {record.name} {_ip_text(record.addr)}")
+            self._log.info(
+                f"EventMemberLeave (forced): {clip(record.name)} {_ip_text(record.addr)}"
+            )
             self._emit(MemberEventType.LEAVE, record)
         elif record.status not in (MemberStatus.LEAVING, MemberStatus.LEFT):
             return False
@@ -597,8 +690,32 @@ class SerfState:
         known = self._intents.get(node)
         if known is not None and ltime <= known.ltime:
             return False
+        if known is None and len(self._intents) >= self._max_members:
+            self.refused_intents += 1
+            self._log.throttled(
+                WARN,
+                "serf.max-intents",
+                f"Ignoring an intent about unknown node '{clip(node)}': {len(self._intents)} "
+                f"intents about unknown nodes are buffered already; "
+                f"{self.refused_intents} ignored so far",
+            )
+            return False
         self._intents[node] = _Intent(kind, ltime, self.now())
         return True
+
+    def _queue_news(self, payload: bytes) -> None:
+        """Rebroadcast a peer's intent; the queue never holds more than twice
+        ``max_queue_depth`` (pruned back to it at once, as the periodic check would)."""
+        self._broadcasts.queue(Broadcast(payload))
+        limit = self._config.max_queue_depth
+        if len(self._broadcasts) > 2 * limit:
+            self._log.throttled(
+                WARN,
+                "serf.queue-depth",
+                f"Intent queue depth ({len(self._broadcasts)}) exceeds limit ({limit}), "
+                "dropping messages!",
+            )
+            self._broadcasts.prune(limit)
 
     def broadcast_join(self, ltime: int | None = None) -> None:
         """Tie our membership to ``ltime`` (default: the clock now) and gossip it: after a
@@ -672,7 +789,7 @@ class SerfState:
             delay = self._config.broadcast_timeout + self._config.leave_propagate_delay
             self._pending_prunes[record.name] = self.now() + delay
             return
-        self._log.info(f"EventMemberReap (forced): {record.name} {_ip_text(record.addr)}")
+        self._log.info(f"EventMemberReap (forced): {clip(record.name)} {_ip_text(record.addr)}")
         self._erase(record)
 
     def _erase(self, record: _MemberRecord) -> None:
@@ -700,7 +817,7 @@ class SerfState:
                 record = self._members[name]
                 if record.leave_time is not None and now - record.leave_time <= timeout:
                     continue
-                self._log.info(f"EventMemberReap: {name}")
+                self._log.info(f"EventMemberReap: {clip(name)}")
                 self._erase(record)
                 reaped.append(name)
         for name, due in list(self._pending_prunes.items()):
@@ -710,7 +827,9 @@ class SerfState:
             del self._pending_prunes[name]
             if record_or_none is None or record_or_none.status is MemberStatus.ALIVE:
                 continue
-            self._log.info(f"EventMemberReap (forced): {name} {_ip_text(record_or_none.addr)}")
+            self._log.info(
+                f"EventMemberReap (forced): {clip(name)} {_ip_text(record_or_none.addr)}"
+            )
             self._erase(record_or_none)
             reaped.append(name)
         timeout = self._config.recent_intent_timeout

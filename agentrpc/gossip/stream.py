@@ -5,7 +5,9 @@ whose lengths a preceding header gives, so the reader parses incrementally: feed
 they arrive and pull complete messages. It handles the optional label header at the start of
 the stream, the encrypted envelope (type 10), compression (type 9), and the kinds that travel
 over TCP: push/pull (``[6] header nodeState×N userState``), fallback ping ``[0]``, ack ``[2]``,
-user message ``[8]{UserMsgLen} + raw`` and error ``[13]``. It enforces memberlist's limits.
+user message ``[8]{UserMsgLen} + raw`` and error ``[13]``. It enforces memberlist's limits,
+and ``max_nodes`` (the engine passes its node-table bound): a push/pull whose header declares
+more nodes is refused as soon as the header is read, before any node state is decoded.
 
 The encoder builds each outbound stream message and wraps it as Go does: always compressed
 when compression is enabled, then encrypted when a keyring is given.
@@ -303,7 +305,10 @@ class _PlainParser:
             if header is None:
                 return None
             if header.nodes < 0 or header.nodes > self._limits.nodes:
-                raise StreamLimitError(f"number of nodes in header ({header.nodes}) exceeds limit")
+                raise StreamLimitError(
+                    f"number of nodes in header ({header.nodes}) exceeds limit "
+                    f"({self._limits.nodes})"
+                )
             if header.user_state_len < 0 or header.user_state_len > self._limits.state_bytes:
                 raise StreamLimitError(f"user state length ({header.user_state_len}) exceeds limit")
             self._push_pull_header = header

@@ -37,6 +37,7 @@ from ..gossip.serf import (
     SerfMember,
     SerfState,
 )
+from ..logs import clip
 from ..protocol.bodies import IPAddress, Member
 
 __all__ = ["GossipPool", "join_error_text"]
@@ -217,6 +218,13 @@ class GossipPool:
 
     # ------------------------------------------------------------------ more operations
 
+    def set_max_members(self, max_members: int) -> None:
+        """Change the pool's member bound at run time (``reload`` of ``gossip_max_members``):
+        serf's members and buffered intents, and memberlist's node table when attached."""
+        self._serf.set_max_members(max_members)
+        if self._memberlist is not None:
+            self._memberlist.set_max_members(max_members)
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Replace our tags and have memberlist announce them (raises
         :class:`~agentrpc.gossip.serf.TagsTooLargeError` beyond 512 encoded bytes)."""
@@ -234,12 +242,12 @@ class GossipPool:
         if target is None:
             return False
         if self._log is not None:
-            self._log.info(f"attempting reconnect to {target.name} {target.join_address}")
+            self._log.info(f"attempting reconnect to {clip(target.name)} {target.join_address}")
         with trio.move_on_after(self._serf.config.reconnect_interval):
             try:
                 await memberlist.join([target.join_address])
             except OSError as exc:
-                self._warn(f"reconnect to {target.name} failed: {exc}")
+                self._warn(f"reconnect to {clip(target.name)} failed: {clip(exc)}")
         return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

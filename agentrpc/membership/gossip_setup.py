@@ -67,6 +67,24 @@ def keyring_for(config: AgentConfig) -> Keyring | None:
     return Keyring(parse_key(config.encrypt)) if config.encrypt else None
 
 
+def exposure_warning(kind: str, bind: GossipAddress, encrypted: bool) -> str | None:
+    """The WARN to log when a pool gossips in plaintext on an address other hosts can reach
+    (the gossip port's twin of the RPC port's missing ``rpc_token`` warning); None if not."""
+    if encrypted:
+        return None
+    try:
+        loopback = ipaddress.ip_address(bind.host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"the {kind.upper()} gossip port is bound to a non-loopback address ({bind}) without "
+        "encryption: anyone who can reach it can join the pool, read its gossip and send it "
+        "made-up members (set encrypt)"
+    )
+
+
 async def start_pool(
     nursery: trio.Nursery,
     spec: PoolSpec,
@@ -79,6 +97,10 @@ async def start_pool(
 
     Returns the pool, its memberlist and the address memberlist really bound (port 0 picks
     one). Binding errors (``OSError``) propagate from here, before anything else is started.
+    Gossip in plaintext on a non-loopback address logs a WARN (:func:`exposure_warning`).
+    ``config.gossip_max_members`` bounds both serf's and memberlist's state; change it later
+    with :meth:`GossipPool.set_max_members` (or :meth:`Memberlist.set_max_members` for the
+    node table alone).
     """
     keyring = keyring_for(config)
     pool = GossipPool(
@@ -88,6 +110,7 @@ async def start_pool(
             tags=tags,
             reconnect_timeout=config.reconnect_timeout,
             tombstone_timeout=config.tombstone_timeout,
+            max_members=config.gossip_max_members,
         ),
         logger=hub.logger("serf"),
         encrypted=keyring is not None,
@@ -98,6 +121,7 @@ async def start_pool(
             bind=spec.bind,
             profile=PROFILES[spec.profile_name],
             keyring=keyring,
+            max_members=config.gossip_max_members,
         ),
         pool.serf,
         pool.serf,
@@ -106,5 +130,8 @@ async def start_pool(
     )
     pool.attach(memberlist)
     bound: GossipAddress = await nursery.start(memberlist.run)
+    warning = exposure_warning(spec.kind, bound, keyring is not None)
+    if warning is not None:
+        hub.logger("memberlist").warn(warning)
     await nursery.start(pool.run)
     return pool, memberlist, bound

@@ -51,6 +51,8 @@ class Events:
 @dataclass
 class Log:
     lines: list[tuple[str, str]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    """The throttle key of every throttled line."""
 
     def debug(self, message: str) -> None:
         self.lines.append(("debug", message))
@@ -63,6 +65,10 @@ class Log:
 
     def error(self, message: str) -> None:
         self.lines.append(("error", message))
+
+    def throttled(self, level: int, key: str, message: str) -> None:
+        self.lines.append((("trace", "debug", "info", "warn", "error")[level], message))
+        self.keys.append(key)
 
     def text(self) -> str:
         return "\n".join(f"[{level}] {line}" for level, line in self.lines)

@@ -157,6 +157,8 @@ class FakeMemberlist:
         self.known: dict[str, NodeInfo] = {}
         self.health = 0
         self.leave_calls = 0
+        self.max_members = 0
+        """What the pool last passed to :meth:`set_max_members` (0: never called)."""
         self.join_calls: list[list[str]] = []
         self.reliable_sent: list[tuple[str, bytes]] = []
         self.leave_blocks = False
@@ -297,3 +299,6 @@ class FakeMemberlist:
             raise OSError(f"no route to {node}")
         self.reliable_sent.append((node, payload))
         peer.layer.notify_message(payload)
+
+    def set_max_members(self, max_members: int) -> None:
+        self.max_members = max_members
