@@ -20,6 +20,7 @@ from typing import Any, TextIO
 import trio
 
 from . import build_info
+from .budget import SharedBudget
 from .commands import AgentCommands
 from .config import (
     RELOADABLE,
@@ -32,7 +33,8 @@ from .config import (
 from .gossip.contract import GossipAddress
 from .gossip.memberlist import Memberlist
 from .gossip.transport import MemoryGossipNetwork
-from .logs import WARN, LogHub, LogSubscription, parse_level
+from .logs import DEBUG, WARN, LogHub, LogSubscription, parse_level
+from .membership.gossip_pool import GossipPool
 from .membership.gossip_setup import gossip_transport, pool_specs, start_pool
 from .membership.pool import LocalPool, MembershipPool
 from .protocol.bodies import IPAddress, Member
@@ -58,6 +60,7 @@ def limits_from(config: AgentConfig) -> EngineLimits:
         handshake_timeout=config.handshake_timeout,
         idle_timeout=config.idle_timeout,
         send_queue=config.send_queue_size,
+        send_queue_bytes=config.send_queue_bytes,
         max_inflight=config.max_inflight,
         monitor_queue=config.monitor_queue_size,
         drain_timeout=config.drain_timeout,
@@ -133,7 +136,9 @@ class Agent:
         self.config = config
         self._overrides = dict(overrides or {})
         self._network = network
-        self.hub = LogHub(parse_level(config.log_level), sink=log_sink)
+        self.hub = LogHub(
+            parse_level(config.log_level), sink=log_sink, ring_bytes=config.log_ring_bytes
+        )
         self.log = self.hub.logger("agent")
         self.rpc_log = self.hub.logger("agent.rpc")
         self._gossip_network = gossip_network
@@ -145,6 +150,8 @@ class Agent:
         if config.server:
             self.wan = wan or LocalPool("wan", local_member(config, wan=True))
         self.rpc_stats = RPCStats()
+        self.send_budget = SharedBudget(config.agent_send_bytes)
+        """Queued output bytes of every connection together (agent RPC and server port)."""
         self.limits = limits_from(config)
         self._commands = AgentCommands(self)
         self.started_at = 0.0
@@ -233,6 +240,7 @@ class Agent:
                 first_byte_timeout=config.server_first_byte_timeout,
                 max_conns_per_client=config.rpc_max_conns_per_client,
                 max_object_size=config.max_frame_size,
+                send_queue_bytes=config.send_queue_bytes,
             )
             port = ServerPort(
                 config.server_addr,
@@ -241,6 +249,7 @@ class Agent:
                 self.hub.logger("agent.server"),
                 limits,
                 network=self._network,
+                send_budget=self.send_budget,
             )
             try:
                 address = await nursery.start(port.run)
@@ -374,7 +383,7 @@ class Agent:
             self.rpc_log.throttled(WARN, "refused", f"refusing connection from {peer}: {refusal}")
             await trio.aclose_forcefully(stream)
             return
-        self.rpc_log.debug(f"Accepted client: {peer}")
+        self.rpc_log.throttled(DEBUG, "accepted", f"Accepted client: {peer}")
         connection = RPCConnection(stream, self, peer)
         self._connections.add(connection)
         self._per_client[client_ip] = self._per_client.get(client_ip, 0) + 1
@@ -407,7 +416,7 @@ class Agent:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self.log.info("Caught signal: hangup, reloading configuration")
-                    self.reload()
+                    await self.reload()
                 else:
                     self.log.info(f"Caught signal: {signal.Signals(signum).name}, shutting down")
                     self.shutdown()
@@ -433,12 +442,15 @@ class Agent:
             self.log.info("graceful leave complete")
         return error
 
-    def reload(self) -> str:
-        """Re-read the config files; keep running on the old config when the new one is bad."""
+    async def reload(self) -> str:
+        """Re-read the config files; keep running on the old config when the new one is bad.
+
+        Reading and parsing happen in a worker thread, so no client waits on a reload.
+        """
         self.log.info("Reloading configuration...")
         old = self.config
         try:
-            new = load_config(old.config_files, self._overrides)
+            new = await trio.to_thread.run_sync(load_config, old.config_files, self._overrides)
         except ConfigError as exc:
             message = f"Failed to reload configs: {exc}"
             self.log.error(message)
@@ -447,6 +459,7 @@ class Agent:
         needs_restart = [name for name in changed if name not in RELOADABLE]
         if self.server_port is not None:
             self.server_port.set_max_conns_per_client(new.rpc_max_conns_per_client)
+            self.server_port.set_send_queue_bytes(new.send_queue_bytes)
         if needs_restart:
             self.log.warn(
                 "these settings changed but take effect only after a restart: "
@@ -455,6 +468,11 @@ class Agent:
             new = replace(new, **{name: getattr(old, name) for name in needs_restart})
         self.config = new
         self.hub.level = parse_level(new.log_level)
+        self.hub.set_ring_bytes(new.log_ring_bytes)
+        self.send_budget.set_limit(new.agent_send_bytes)
+        for pool in (self.lan, self.wan):
+            if isinstance(pool, GossipPool):
+                pool.set_max_members(new.gossip_max_members)  # serf's bounds and memberlist's
         self.limits = limits_from(new)
         applied = [name for name in changed if name in RELOADABLE]
         self.log.info(

@@ -152,6 +152,9 @@ class AgentCommands:
             "rpc": {
                 **agent.rpc_stats.as_strings(),
                 "monitor_dropped": str(agent.hub.monitor_dropped),
+                "send_bytes_queued": str(agent.send_budget.used),
+                "send_bytes_peak": str(agent.send_budget.peak),
+                "send_budget_waits": str(agent.send_budget.waits),
             },
         }
         if agent.wan is not None:
@@ -204,4 +207,4 @@ class AgentCommands:
         agent.shutdown()
 
     async def reload(self, _connection: RPCConnection, _request: Request) -> Reply:
-        return self._agent.reload(), None
+        return await self._agent.reload(), None

@@ -25,6 +25,9 @@ from .protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from .serverport.tls import TLSConfig, TLSConfigError
 from .transports import AddressError, parse_address
 
+MAX_CONFIG_FILE_SIZE: Final = 1 << 20
+"""Config files larger than this (1 MiB) are refused, at start and on reload."""
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file and the key."""
@@ -118,12 +121,22 @@ def _check_value(name: str, value: Any, source: str) -> Any:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read one JSON or TOML file (by extension; anything else is tried as JSON)."""
+    """Read one JSON or TOML file (by extension; anything else is tried as JSON).
+
+    Files above :data:`MAX_CONFIG_FILE_SIZE` are refused before they are parsed (and never
+    read past that size, even when the file grows while it is read).
+    """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_FILE_SIZE + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_FILE_SIZE:
+        raise ConfigError(
+            f"config file {path} is larger than {MAX_CONFIG_FILE_SIZE // 1024} KiB; "
+            "a configuration is a few kilobytes, so this is refused"
+        )
     try:
         if path.suffix.lower() == ".toml":
             data: Any = tomllib.loads(raw.decode("utf-8"))

@@ -23,7 +23,8 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from .logs import WARN, Logger, LogSubscription
+from .budget import DEFAULT_CONNECTION_BYTES, ConnectionBudget, SharedBudget
+from .logs import DEBUG, WARN, Logger, LogSubscription, clip
 from .protocol import bodies
 from .protocol.codec import READ_SIZE, Request, RequestDecoder, ResponseEncoder
 from .protocol.constants import (
@@ -33,6 +34,7 @@ from .protocol.constants import (
     ERR_HANDSHAKE_REQUIRED,
     ERR_MONITOR_EXISTS,
     ERR_PERMISSION_DENIED,
+    ERR_SHUTTING_DOWN,
     ERR_UNKNOWN_LOG_LEVEL,
     ERR_UNSUPPORTED_COMMAND,
     ERR_UNSUPPORTED_VERSION,
@@ -57,6 +59,9 @@ _LOG_FRAME_BODY: Final = b"\x81\xa3Log"
 _MONITOR_BATCH: Final = 256
 DROP_SUMMARY_INTERVAL: Final = 10.0
 """At most one "monitor dropped N lines" notice per stream in this many seconds."""
+FLUSH_BYTES: Final = 64 * 1024
+"""The reader hands its batch of replies to the writer once it holds this many bytes, so that
+no queued item is much bigger than this (the byte budget can then hold the reader back)."""
 
 
 @dataclass(slots=True)
@@ -98,6 +103,8 @@ class EngineLimits:
     idle_timeout: float = 0.0
     """Close a handshaken connection with nothing in flight after this long (0: never)."""
     send_queue: int = 256
+    send_queue_bytes: int = DEFAULT_CONNECTION_BYTES
+    """Bytes queued for the writer (beyond what the kernel holds); past it the reader waits."""
     max_inflight: int = 64
     """Commands that wait (join, leave, ...) running at once; past it the reader pushes back."""
     monitor_queue: int = 512
@@ -125,6 +132,11 @@ class RPCServices(Protocol):
     @property
     def rpc_token(self) -> str:
         """When not empty, every command but handshake must carry this Token."""
+        ...
+
+    @property
+    def send_budget(self) -> SharedBudget | None:
+        """The agent-wide budget of queued output bytes that every connection draws on."""
         ...
 
     def subscribe_log(self, min_level: int, queue_size: int) -> LogSubscription: ...
@@ -165,6 +177,9 @@ class RPCConnection:
         self._log = services.rpc_log
         self._encoder = ResponseEncoder()
         self._send, self._receive = trio.open_memory_channel[bytes](self._limits.send_queue)
+        self._budget = ConnectionBudget(self._limits.send_queue_bytes, services.send_budget)
+        # Seq -> command of the handlers still running (answered with an error at shutdown).
+        self._running: dict[int, str] = {}
         self._handshaken = False
         # True only while the writer waits on an empty channel and nothing was queued since.
         self._writer_waiting = False
@@ -197,13 +212,28 @@ class RPCConnection:
                             work.cancel_scope.cancel()
                         else:
                             work.cancel_scope.deadline = trio.current_time() + limits.drain_timeout
+                    if self._running and self.end_reason is EndReason.SHUTDOWN:
+                        with trio.move_on_after(limits.drain_timeout):
+                            await self._answer_abandoned()
                 finally:
                     self._cancel_monitor()
                     self._send.close()
                     connection.cancel_scope.deadline = trio.current_time() + limits.drain_timeout
         finally:
             stats.connections -= 1
+            self._budget.close()
             await trio.aclose_forcefully(self.stream)
+
+    async def _answer_abandoned(self) -> None:
+        """Commands cut short by the shutdown get an error that says so, not a bare EOF."""
+        encoder = self._encoder
+        frames = [
+            encoder.response(seq, ERR_SHUTTING_DOWN, ERROR_BODIES.get(command))
+            for seq, command in self._running.items()
+        ]
+        self._running.clear()
+        self._stats.frames_out += len(frames)
+        await self._queue(b"".join(frames))
 
     def close_gracefully(self) -> None:
         """Stop reading; let queued replies and monitor lines drain, then close."""
@@ -235,7 +265,9 @@ class RPCConnection:
                         batch.append(receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                await stream.send_all(chunk if len(batch) == 1 else b"".join(batch))
+                data = chunk if len(batch) == 1 else b"".join(batch)
+                await stream.send_all(data)
+                self._budget.release(len(data))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # The peer is gone: nothing more can be delivered, so stop all work.
             self._close_reason = self._close_reason or EndReason.PEER_GONE
@@ -248,8 +280,12 @@ class RPCConnection:
         self._stats.frames_out += 1
 
     async def _queue(self, data: bytes) -> None:
-        """Every frame goes to the writer through here (so the idle flag stays true)."""
+        """Every frame goes to the writer through here (so the idle flag stays true), after
+        its bytes fit the connection's budget (waiting here is the backpressure)."""
         self._writer_waiting = False
+        budget = self._budget
+        if not budget.try_reserve(len(data)):
+            await budget.reserve(len(data))
         await self._send.send(data)
 
     async def send_reply(self, seq: int, error: str = "", body: Any = None) -> None:
@@ -271,7 +307,7 @@ class RPCConnection:
             return self._close_reason
         if self._handshaken:
             self._stats.idle_timeouts += 1
-            self._log.debug(f"closing idle connection from {self.peer}")
+            self._log.throttled(DEBUG, "idle", f"closing idle connection from {self.peer}")
             return EndReason.IDLE_TIMEOUT
         self._stats.handshake_timeouts += 1
         self._log.throttled(
@@ -292,13 +328,14 @@ class RPCConnection:
     async def _refuse(self, exc: ProtocolError) -> EndReason:
         """Answer a malformed request with a clear error where its Seq is known, then close."""
         self._stats.protocol_errors += 1
+        detail = clip(exc)
         self._log.throttled(
-            WARN, "malformed", f"closing connection from {self.peer}: malformed request: {exc}"
+            WARN, "malformed", f"closing connection from {self.peer}: malformed request: {detail}"
         )
         if exc.seq is not None:
             body = ERROR_BODIES.get(exc.command or "")
             with trio.move_on_after(self._limits.drain_timeout):
-                await self.send_reply(exc.seq, f"Malformed request: {exc}", body)
+                await self.send_reply(exc.seq, f"Malformed request: {detail}", body)
         return EndReason.FATAL
 
     async def _read_requests(self) -> EndReason:
@@ -318,6 +355,7 @@ class RPCConnection:
                 return EndReason.EOF
             decoder.feed(data)
             count = 0
+            pending = 0
             token = self._services.rpc_token
             try:
                 for request in decoder:
@@ -332,27 +370,33 @@ class RPCConnection:
                         except ProtocolError as exc:
                             exc.seq, exc.command = request.seq, command
                             raise
+                    frame: bytes | None = None
                     if self._handshaken:
                         if token and command != HANDSHAKE and not _token_matches(request, token):
                             stats.permission_denied += 1
                             error_body = ERROR_BODIES.get(command)
-                            out.append(
-                                encoder.response(request.seq, ERR_PERMISSION_DENIED, error_body)
-                            )
-                            continue
-                        if command == STOP:
+                            frame = encoder.response(request.seq, ERR_PERMISSION_DENIED, error_body)
+                        elif command == STOP:
                             self._stop(request.body)
-                            out.append(encoder.header(request.seq))
-                            continue
-                        handler = instant.get(command)
-                        if handler is not None:
-                            error, body = handler(request.body)
-                            out.append(encoder.response(request.seq, error, body))
-                            continue
-                    if not await self._dispatch(request, out):
-                        stats.frames_in += count
+                            frame = encoder.header(request.seq)
+                        else:
+                            handler = instant.get(command)
+                            if handler is not None:
+                                error, body = handler(request.body)
+                                frame = encoder.response(request.seq, error, body)
+                    if frame is None:
+                        if not await self._dispatch(request, out):
+                            stats.frames_in += count
+                            await self._flush(out)
+                            return EndReason.FATAL
+                        continue
+                    out.append(frame)
+                    pending += len(frame)
+                    if pending >= FLUSH_BYTES:
+                        # Big replies (stats, members) to a long pipelined batch: hand them
+                        # over now, so the budget can hold this reader back mid-batch.
+                        pending = 0
                         await self._flush(out)
-                        return EndReason.FATAL
             except ProtocolError:
                 stats.frames_in += count
                 await self._flush(out)
@@ -385,7 +429,11 @@ class RPCConnection:
             out.append(encoder.header(seq, self._handshake(request.body)))
             return True
         if not self._handshaken:
-            self._log.debug(f"closing connection from {self.peer}: {command!r} before handshake")
+            self._log.throttled(
+                DEBUG,
+                "before-handshake",
+                f"closing connection from {self.peer}: {clip(command)!r} before handshake",
+            )
             out.append(encoder.header(seq, ERR_HANDSHAKE_REQUIRED))
             return False
         if command == MONITOR:
@@ -393,7 +441,11 @@ class RPCConnection:
             return True
         handler = self._services.async_commands.get(command)
         if handler is None or command not in COMMANDS:
-            self._log.debug(f"closing connection from {self.peer}: unsupported command {command!r}")
+            self._log.throttled(
+                DEBUG,
+                "unsupported-command",
+                f"closing connection from {self.peer}: unsupported command {clip(command)!r}",
+            )
             out.append(encoder.header(seq, ERR_UNSUPPORTED_COMMAND))
             return False
         assert self._work is not None
@@ -414,11 +466,15 @@ class RPCConnection:
         return ""
 
     async def _run_handler(self, handler: AsyncHandler, request: Request) -> None:
+        seq = request.seq
+        self._running[seq] = request.command
         try:
             reply = await handler(self, request)
             if reply is not None:
                 error, body = reply
-                await self.send_reply(request.seq, error, body)
+                await self.send_reply(seq, error, body)
+            # Only now is it answered: cancelled before this, it is answered at shutdown.
+            del self._running[seq]
         finally:
             self._inflight.release()
 
@@ -429,7 +485,8 @@ class RPCConnection:
         level_name = request.body.upper()
         level = LEVEL_INDEX.get(level_name)
         if level is None:
-            out.append(self._encoder.header(seq, ERR_UNKNOWN_LOG_LEVEL + level_name))
+            # The reference echoes the level; never more than a bounded part of it.
+            out.append(self._encoder.header(seq, ERR_UNKNOWN_LOG_LEVEL + clip(level_name)))
             return
         if self._monitor is not None:
             out.append(self._encoder.header(seq, ERR_MONITOR_EXISTS))

@@ -60,3 +60,6 @@ ERROR_BODIES: Final = {
     STATS: {},
 }
 """Commands whose reply body is sent even when Error is set: the Go client always reads one."""
+
+ERR_SHUTTING_DOWN: Final = "Agent is shutting down"
+"""The reply to a command still running when the agent stops (instead of a bare EOF)."""
