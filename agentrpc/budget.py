@@ -42,9 +42,7 @@ class SharedBudget:
 
     __slots__ = ("_lot", "limit", "peak", "reserve", "used", "waits")
 
-    def __init__(
-        self, limit: int = DEFAULT_AGENT_BYTES, *, reserve: int = DEFAULT_RESERVE
-    ) -> None:
+    def __init__(self, limit: int = DEFAULT_AGENT_BYTES, *, reserve: int = DEFAULT_RESERVE) -> None:
         if limit < 1 or reserve < 0:
             raise ValueError("a budget needs a positive limit and a non-negative reserve")
         self.limit = limit

@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from .protocol.bodies import Member
-from .protocol.codec import READ_SIZE, RequestEncoder, Response, ResponseDecoder
+from .protocol.codec import READ_SIZE, RequestEncoder, Response, ResponseDecoder, as_text
 from .protocol.constants import (
     DEFAULT_RPC_PORT,
     FORCE_LEAVE,
@@ -234,8 +234,8 @@ class Client:
             channel = self._streams.get(seq)
             if channel is None:
                 return
-            log = response.body.get("Log") if isinstance(response.body, dict) else None
-            if isinstance(log, str):
+            log = as_text(response.body.get("Log")) if isinstance(response.body, dict) else None
+            if log is not None:
                 try:
                     channel.send_nowait(log)
                 except trio.WouldBlock:
@@ -345,7 +345,7 @@ class Client:
         if not isinstance(body, dict):
             raise ClientError(f"unexpected stats body from the agent: {body!r}")
         return {
-            str(section): {str(k): str(v) for k, v in values.items()}
+            _shown(section): {_shown(k): _shown(v) for k, v in values.items()}
             for section, values in body.items()
             if isinstance(values, dict)
         }
@@ -373,6 +373,13 @@ class Client:
                 ):
                     await self._call(STOP, {"Stop": seq})
             self._decoder.forget(seq)
+
+
+def _shown(value: object) -> str:
+    """A stats key or value as text: a wire string (str or bin) as such, anything else
+    (a number from a lenient agent) as ``str()`` gives it."""
+    text = as_text(value)
+    return str(value) if text is None else text
 
 
 __all__ = [

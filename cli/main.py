@@ -58,8 +58,37 @@ Token = Annotated[
 ]
 
 
+def echo(text: str, *, err: bool = False) -> None:
+    """``typer.echo`` for text that may carry names from the wire.
+
+    A name that is not UTF-8 arrives holding lone surrogates (the codec decodes with
+    surrogateescape), which a strict UTF-8 stream refuses. Such a line is written as bytes:
+    the name's original bytes, as the Go CLI prints them (on stdout and stderr alike); where
+    the stream has no byte buffer, or its encoding cannot hold the rest of the text, as
+    backslash escapes. Never a traceback."""
+    stream = sys.stderr if err else sys.stdout
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        pass
+    else:
+        typer.echo(text, err=err)
+        return
+    line = text + "\n"
+    if getattr(stream, "buffer", None) is not None:
+        try:
+            raw = line.encode(encoding, "surrogateescape")
+        except UnicodeEncodeError:
+            raw = line.encode(encoding, "backslashreplace")
+        typer.echo(raw, nl=False, err=err)
+    else:
+        escaped = line.encode(encoding, "backslashreplace").decode(encoding)
+        typer.echo(escaped, nl=False, err=err)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(message, err=True)
+    echo(message, err=True)
     raise typer.Exit(code)
 
 
@@ -180,7 +209,9 @@ def members(
     if not found:
         raise typer.Exit(2)
     if as_json:
-        typer.echo(json.dumps([_member_json(m) for m in found], indent=2))
+        # ensure_ascii (the default) keeps the output valid ASCII JSON: a name that was not
+        # UTF-8 shows as \udcXX escapes, which json.loads turns back into the same str.
+        echo(json.dumps([_member_json(m) for m in found], indent=2, ensure_ascii=True))
         return
     if detailed:
         rows = [["Node", "Address", "Status", "Tags"]]
@@ -202,7 +233,7 @@ def members(
             ]
             for m in found
         ]
-    typer.echo(columnize(rows))
+    echo(columnize(rows))
 
 
 def _member_json(member: Member) -> dict[str, Any]:
@@ -236,7 +267,7 @@ def join(
     num = run_client(
         rpc_addr, token, lambda c: c.join(existing, wan=wan), "Error joining the cluster"
     )
-    typer.echo(f"Successfully joined cluster by contacting {num} nodes.")
+    echo(f"Successfully joined cluster by contacting {num} nodes.")
 
 
 @app.command("force-leave")
@@ -256,14 +287,14 @@ def force_leave(
 def leave(rpc_addr: RpcAddr = DEFAULT_RPC_ADDR, token: Token = "") -> None:
     """Gracefully leave the cluster and shut the agent down."""
     run_client(rpc_addr, token, lambda c: c.leave(), "Error leaving")
-    typer.echo("Graceful leave complete")
+    echo("Graceful leave complete")
 
 
 @app.command()
 def reload(rpc_addr: RpcAddr = DEFAULT_RPC_ADDR, token: Token = "") -> None:
     """Reload the agent's configuration files."""
     run_client(rpc_addr, token, lambda c: c.reload(), "Error reloading")
-    typer.echo("Configuration reload triggered")
+    echo("Configuration reload triggered")
 
 
 @app.command()
@@ -275,7 +306,7 @@ def info(rpc_addr: RpcAddr = DEFAULT_RPC_ADDR, token: Token = "") -> None:
         lines.append(f"{section}:")
         for key, value in sorted(sections[section].items()):
             lines.append(f"\t{key} = {value}")
-    typer.echo("\n".join(lines))
+    echo("\n".join(lines))
 
 
 REMOTE_ENDED = (
@@ -295,6 +326,7 @@ def monitor(
 
     async def stream(client: Client) -> bool:
         interrupted = False
+        refused: RPCError | None = None
         async with trio.open_nursery() as nursery:
 
             async def watch_interrupt() -> None:
@@ -305,17 +337,20 @@ def monitor(
                         nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch_interrupt)
-            async with client.monitor(log_level) as lines:
-                async for line in lines:
-                    sys.stdout.write(line + "\n")
-                    sys.stdout.flush()
+            try:
+                async with client.monitor(log_level) as lines:
+                    async for line in lines:
+                        echo(line)
+            except RPCError as exc:
+                # Raised here it would leave the nursery wrapped in an exception group, past
+                # run_client's clean message (a traceback for ``--log-level bogus``).
+                refused = exc
             nursery.cancel_scope.cancel()
+        if refused is not None:
+            raise refused
         return interrupted
 
-    try:
-        interrupted = run_client(rpc_addr, token, stream, "Error starting monitor")
-    except RPCError as exc:  # pragma: no cover - run_client already maps it
-        fail(f"Error starting monitor: {exc}")
+    interrupted = run_client(rpc_addr, token, stream, "Error starting monitor")
     if not interrupted:
         fail(REMOTE_ENDED)
 

@@ -9,7 +9,8 @@ Encoding writes the map keys sorted by field name, which is what the go-msgpack 
 does, so our bytes equal a Go peer's for the same values (checked against captured bytes).
 Decoding follows Go's decoder: unknown keys are ignored, missing keys (and ``nil``) give Go's
 zero values, a wrong type raises :class:`GossipDecodeError`. Strings are decoded from UTF-8 with
-``surrogateescape``, so arbitrary bytes in a Go string survive a decode/encode round trip.
+``surrogateescape``, so arbitrary bytes in a Go string survive a decode/encode round trip (the
+agent RPC codec's one rule, :func:`agentrpc.protocol.codec.as_text` and ``text_bytes``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol, Self, TypeVar
 
 import msgpack
+
+from agentrpc.protocol.codec import as_text, text_bytes
 
 __all__ = [
     "LABEL_MAX_SIZE",
@@ -170,10 +173,9 @@ def wire_map(obj: object, what: str) -> dict[str, object]:
         raise GossipDecodeError(f"{what}: expected a msgpack map, got {_kind(obj)}")
     fields: dict[str, object] = {}
     for key, value in obj.items():
-        if isinstance(key, bytes):
-            fields[key.decode("utf-8", "surrogateescape")] = value
-        elif isinstance(key, str):
-            fields[key] = value
+        name = as_text(key)
+        if name is not None:
+            fields[name] = value
         # Other key types cannot name a Go struct field: ignored like unknown names.
     return fields
 
@@ -247,14 +249,15 @@ def wire_str(value: object, what: str) -> str:
     """Decode a raw msgpack string into ``str`` (lossless for non-UTF-8 bytes)."""
     if value is None:
         return ""
-    if not isinstance(value, bytes):
+    text = as_text(value)
+    if text is None:
         raise GossipDecodeError(f"{what}: expected a string, got {_kind(value)}")
-    return value.decode("utf-8", "surrogateescape")
+    return text
 
 
 def str_wire(value: str) -> bytes:
     """Encode a ``str`` for the wire (inverse of :func:`wire_str`)."""
-    return value.encode("utf-8", "surrogateescape")
+    return text_bytes(value)
 
 
 def bytes_wire(value: bytes) -> bytes | None:

@@ -3,6 +3,10 @@
 Request bodies are Go structs on the reference side; its decoder accepts a struct either as a map
 (keys case-sensitive, unknown keys ignored, nil or missing meaning the zero value) or as a
 positional array in field order. :func:`decode_body` does the same and checks the types.
+
+A string field accepts str or bin (Go decodes either into a ``string``), through the codec's
+one conversion :func:`~agentrpc.protocol.codec.as_text`, so a name that is not UTF-8 keeps its
+bytes.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .codec import as_text, text_bytes
 from .errors import ProtocolError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -29,7 +34,10 @@ def _field(obj: Any, name: str, kind: type, position: int) -> Any:
         zero = _ZERO[kind]
         return list(zero) if kind is list else zero
     if type(value) is not kind:
-        raise ProtocolError(f"body field {name} must be {kind.__name__}")
+        text = as_text(value) if kind is str else None
+        if text is None:
+            raise ProtocolError(f"body field {name} must be {kind.__name__}")
+        return text
     return value
 
 
@@ -54,9 +62,12 @@ class JoinRequest:
 def decode_join(obj: Any) -> JoinRequest:
     """``{Existing: [str], WAN: bool}``."""
     _require_struct(obj, "join")
-    existing = _field(obj, "Existing", list, 0)
-    if not all(type(item) is str for item in existing):
-        raise ProtocolError("body field Existing must be a list of strings")
+    existing: list[str] = []
+    for item in _field(obj, "Existing", list, 0):
+        text = as_text(item)
+        if text is None:
+            raise ProtocolError("body field Existing must be a list of strings")
+        existing.append(text)
     return JoinRequest(existing, _field(obj, "WAN", bool, 1))
 
 
@@ -123,17 +134,19 @@ class Member:
         raw_addr = obj.get("Addr") or b""
         if type(raw_addr) is list:  # some encoders send byte slices as int arrays
             raw_addr = bytes(raw_addr)
+        elif type(raw_addr) is str:  # an old-spec encoder sends []byte as a raw str
+            raw_addr = text_bytes(raw_addr)
         if type(raw_addr) is not bytes or len(raw_addr) not in (4, 16):
             raise ProtocolError("member Addr must be 4 or 16 bytes")
         tags = obj.get("Tags") or {}
         if type(tags) is not dict:
             raise ProtocolError("member Tags must be a map")
         return cls(
-            name=str(obj.get("Name", "")),
+            name=_member_text(obj.get("Name"), "Name"),
             addr=ipaddress.ip_address(raw_addr),
             port=int(obj.get("Port", 0)),
-            tags={str(k): str(v) for k, v in tags.items()},
-            status=str(obj.get("Status", "")),
+            tags={_member_text(k, "Tags"): _member_text(v, "Tags") for k, v in tags.items()},
+            status=_member_text(obj.get("Status"), "Status"),
             protocol_min=int(obj.get("ProtocolMin", 0)),
             protocol_max=int(obj.get("ProtocolMax", 0)),
             protocol_cur=int(obj.get("ProtocolCur", 0)),
@@ -148,6 +161,15 @@ class Member:
         if self.addr.version == 6:
             return f"[{self.addr}]:{self.port}"
         return f"{self.addr}:{self.port}"
+
+
+def _member_text(value: object, name: str) -> str:
+    if value is None:
+        return ""
+    text = as_text(value)
+    if text is None:
+        raise ProtocolError(f"member {name} must hold strings")
+    return text
 
 
 def members_body(members: list[Member]) -> dict[str, Any]:

@@ -8,6 +8,12 @@ Nothing here performs I/O or knows about trio: feed bytes with ``feed`` and iter
 whole messages, in the style of h11. Size limits are enforced by msgpack *before* it allocates
 (its buffer never grows past ``max_frame_size`` plus one read), so a peer that declares a
 100 MB string is refused without the agent allocating it.
+
+Strings are bytes on the Go side: a name need not be UTF-8, and a Go encoder may send a
+``[]byte`` where a string is expected (bin, or a raw str with go-msgpack's default handle).
+Every decoder here reads str with ``surrogateescape`` (:data:`TEXT_ERRORS`) and every packer
+writes it back the same way, so such a name round-trips byte for byte; :func:`as_text` is the
+one place that turns a wire string (str or bin) into ``str``, :func:`text_bytes` the way back.
 """
 
 from __future__ import annotations
@@ -25,7 +31,28 @@ READ_SIZE: Final = 64 * 1024
 """How much a transport reads at once; the decoder's buffer allows one frame plus this."""
 
 _UNPACK_ERRORS: Final = (ValueError, TypeError, msgpack.exceptions.UnpackException)
-"""What msgpack raises on hostile input (FormatError, StackError, bad UTF-8, bad keys...)."""
+"""What msgpack raises on hostile input (FormatError, StackError, bad keys...)."""
+
+TEXT_ERRORS: Final = "surrogateescape"
+"""How wire strings map to ``str``: bytes that are not UTF-8 become lone surrogates
+(U+DC80..U+DCFF) and are encoded back to the very same bytes."""
+
+
+def as_text(value: object) -> str | None:
+    """A wire string as ``str``: a str as is, bytes (bin, or a raw str decoded without
+    conversion) from UTF-8 with :data:`TEXT_ERRORS`; ``None`` for any other type.
+
+    The one "str or bytes -> str" rule of every decoder (agent RPC, server port, gossip)."""
+    if type(value) is str:
+        return value
+    if type(value) is bytes:
+        return value.decode("utf-8", TEXT_ERRORS)
+    return None
+
+
+def text_bytes(text: str) -> bytes:
+    """The bytes a ``str`` stands for on the wire (the inverse of :func:`as_text`)."""
+    return text.encode("utf-8", TEXT_ERRORS)
 
 
 class Request(NamedTuple):
@@ -49,9 +76,22 @@ def new_packer() -> Callable[[Any], bytes]:
     """A msgpack packer (new spec: str and bin) with a small initial buffer.
 
     msgpack's default buffer is 256 KiB per packer; one per connection would make idle
-    connections expensive. The buffer grows when a large body is packed."""
-    packer = msgpack.Packer(use_bin_type=True, buf_size=1024)
-    pack: Callable[[Any], bytes] = packer.pack
+    connections expensive. The buffer grows when a large body is packed.
+
+    A str holding surrogates (a name that was not UTF-8 on the wire) is packed back to its
+    original bytes. msgpack's strict packer is tried first: a packer given ``unicode_errors``
+    copies every str through an encode call and is about twice as slow, so only a value that
+    needs it (strict packing raised, which leaves the packer reset) pays for that."""
+    fast: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True, buf_size=1024).pack
+
+    def pack(obj: Any) -> bytes:
+        try:
+            return fast(obj)
+        except UnicodeEncodeError:
+            escaping = msgpack.Packer(use_bin_type=True, buf_size=1024, unicode_errors=TEXT_ERRORS)
+            packed: bytes = escaping.pack(obj)
+            return packed
+
     return pack
 
 
@@ -62,6 +102,7 @@ def _is_uint64(value: object) -> TypeGuard[int]:
 def _new_unpacker(max_frame_size: int) -> Any:
     return msgpack.Unpacker(
         raw=False,
+        unicode_errors=TEXT_ERRORS,
         strict_map_key=True,
         # Start small: msgpack allocates read_size up front (1 MiB by default), and an idle
         # connection should cost little; the buffer grows when a large frame arrives.
@@ -78,8 +119,9 @@ def _new_unpacker(max_frame_size: int) -> Any:
 def parse_request_header(obj: object) -> tuple[str, int, str | None]:
     """Validate a request header (map, or the positional array form) into its fields.
 
-    Raises :class:`ProtocolError` unless ``Command`` is a str and ``Seq`` an unsigned 64-bit
-    integer; ``Token`` is optional and must be a str when present.
+    Raises :class:`ProtocolError` unless ``Command`` is a string and ``Seq`` an unsigned 64-bit
+    integer; ``Token`` is optional and must be a string when present. A string may arrive as
+    str or bin, as Go's decoder allows (see :func:`as_text`).
     """
     if type(obj) is dict:
         command = obj.get("Command")
@@ -93,9 +135,13 @@ def parse_request_header(obj: object) -> tuple[str, int, str | None]:
     if not _is_uint64(seq):
         raise ProtocolError("request header needs Seq as an unsigned 64-bit integer")
     if type(command) is not str:
-        raise ProtocolError("request header needs Command as a string", seq=seq)
+        command = as_text(command)
+        if command is None:
+            raise ProtocolError("request header needs Command as a string", seq=seq)
     if token is not None and type(token) is not str:
-        raise ProtocolError("request header Token must be a string", seq=seq, command=command)
+        token = as_text(token)
+        if token is None:
+            raise ProtocolError("request header Token must be a string", seq=seq, command=command)
     return command, seq, token
 
 
@@ -188,18 +234,21 @@ class Encoded(bytes):
 class ResponseEncoder:
     """Encodes response frames; keeps one msgpack packer for the connection's lifetime."""
 
-    __slots__ = ("_pack",)
+    __slots__ = ("_pack", "_pack_seq")
 
     _OK_HEAD: Final = b"\x82\xa5Error\xa0\xa3Seq"
 
     def __init__(self) -> None:
         self._pack: Callable[[Any], bytes] = new_packer()
+        # Seq is an integer, never a str: msgpack's own packer, without the str fallback
+        # (the hot path of every instant reply).
+        self._pack_seq: Callable[[int], bytes] = msgpack.Packer(buf_size=32).pack
 
     def header(self, seq: int, error: str = "") -> bytes:
         """The response header ``{Error, Seq}`` (keys in the reference's sorted order)."""
         if not error:
-            return self._OK_HEAD + self._pack(seq)
-        return b"\x82\xa5Error" + self._pack(error) + b"\xa3Seq" + self._pack(seq)
+            return self._OK_HEAD + self._pack_seq(seq)
+        return b"\x82\xa5Error" + self._pack(error) + b"\xa3Seq" + self._pack_seq(seq)
 
     def response(self, seq: int, error: str = "", body: Any = None) -> bytes:
         """A header, then the body when ``body`` is not None: always one contiguous chunk."""
@@ -281,7 +330,9 @@ class ResponseDecoder:
                 raise ProtocolError(f"response header must be a map, got {type(obj).__name__}")
             seq = obj.get("Seq")
             error = obj.get("Error") or ""
-            if not _is_uint64(seq) or type(error) is not str:
+            if type(error) is not str:
+                error = as_text(error)
+            if not _is_uint64(seq) or error is None:
                 raise ProtocolError("response header needs Seq (uint64) and Error (str)")
             wants_body = self._expect.get(seq)
             if seq in self._streams:

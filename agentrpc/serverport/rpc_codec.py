@@ -15,7 +15,9 @@ strings use the str8/str16/str32 families and byte slices bin: what msgpack-pyth
 Decoding is lenient the way go-msgpack is: a header may also arrive as a positional array in the
 struct's declaration order (``[ServiceMethod, Seq]``, ``[ServiceMethod, Seq, Error]``), and a
 missing or nil field is the zero value. Size limits are enforced by msgpack before it allocates,
-as in :mod:`agentrpc.protocol.codec`.
+as in :mod:`agentrpc.protocol.codec`. Strings follow that module's rule too: str is read with
+``surrogateescape`` and packed back the same way, and a header string may arrive as bin (or a
+raw str), so a ServiceMethod or a body that is not UTF-8 is answered like any other.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Final, NamedTuple
 
 import msgpack
 
-from ..protocol.codec import new_packer
+from ..protocol.codec import TEXT_ERRORS, as_text, new_packer
 from ..protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.errors import FrameTooLarge, ProtocolError
 
@@ -83,6 +85,7 @@ class RPCResponse(NamedTuple):
 def _new_unpacker(max_object_size: int) -> Any:
     return msgpack.Unpacker(
         raw=False,
+        unicode_errors=TEXT_ERRORS,
         strict_map_key=False,
         max_buffer_size=max_object_size + READ_SIZE,
         max_str_len=max_object_size,
@@ -117,9 +120,10 @@ def _seq(value: object, what: str) -> int:
 def _text(value: object, name: str, what: str, seq: int) -> str:
     if value is None:
         return ""
-    if type(value) is not str:
+    text = as_text(value)
+    if text is None:
         raise ProtocolError(f"{what} header field {name} must be a string", seq=seq)
-    return value
+    return text
 
 
 def parse_request_header(header: object) -> tuple[str, int]:

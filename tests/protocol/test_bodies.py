@@ -47,7 +47,8 @@ def test_keys_are_case_sensitive() -> None:
         (decode_join, {"Existing": [1]}),
         (decode_join, {"WAN": 1}),
         (decode_force_leave, {"Node": 5}),
-        (decode_monitor, {"LogLevel": b"debug"}),
+        (decode_monitor, {"LogLevel": 5}),
+        (decode_monitor, {"LogLevel": ["debug"]}),
         (decode_stop, {"Stop": "5"}),
         (decode_stop, None),
     ],
@@ -75,3 +76,33 @@ def test_member_wire_form() -> None:
 def test_member_from_wire_rejects_bad_addresses() -> None:
     with pytest.raises(ProtocolError):
         Member.from_wire({"Name": "x", "Addr": b"\x01\x02"})
+
+
+def test_bin_and_non_utf8_strings_are_accepted_as_go_does() -> None:
+    # Go decodes a bin (or a raw str) into a string field; bytes that are not UTF-8 keep
+    # their value through surrogateescape.
+    assert decode_monitor({"LogLevel": b"debug"}) == "debug"
+    assert decode_force_leave({"Node": b"\xffnode\xfe"}) == "\udcffnode\udcfe"
+    assert decode_force_leave(["caf\xc3\xa9".encode("latin-1")]) == "caf\xe9"
+    assert decode_join({"Existing": [b"a:1", "b:2"]}) == JoinRequest(["a:1", "b:2"], False)
+    assert decode_force_leave({"Node": b"\xff"}).encode("utf-8", "surrogateescape") == b"\xff"
+
+
+def test_member_from_a_go_encoder() -> None:
+    # Name as bin, Addr as a raw str (go-msgpack's default handle), tags not UTF-8.
+    wire = {
+        "Name": b"n\xff",
+        "Addr": "\n\x01\x02\x03",
+        "Port": 8301,
+        "Tags": {b"role": b"web\xfe"},
+        "Status": b"alive",
+    }
+    member = Member.from_wire(wire)
+    assert member.name == "n\udcff"
+    assert member.addr == ipaddress.ip_address("10.1.2.3")
+    assert member.tags == {"role": "web\udcfe"}
+    assert member.status == "alive"
+    with pytest.raises(ProtocolError, match="member Name must hold strings"):
+        Member.from_wire({"Name": 5, "Addr": b"\x01\x02\x03\x04"})
+    with pytest.raises(ProtocolError, match="member Tags must hold strings"):
+        Member.from_wire({"Addr": b"\x01\x02\x03\x04", "Tags": {"a": 1}})

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sp_helpers import LogCapture, request_bytes, response_bytes
+from sp_helpers import LogCapture, read_exactly, request_bytes, response_bytes
 
 from agentrpc.protocol.errors import FrameTooLarge, ProtocolError
 from agentrpc.serverport import EndpointError, Endpoints, RPCServer, call_on_stream
@@ -323,3 +323,76 @@ async def test_malformed_request_closes_and_client_reports_it(
     await b.aclose()
     with pytest.raises(RPCCallError):
         await call_on_stream(a, "Status.Ping", {}, seq=1)
+
+
+# ----------------------------------------------------------------------------- Go strings
+# go-msgpack strings are bytes: any bytes in a str (str8 0xd9 with Consul's WriteExt handle,
+# str16 0xda from the old-spec default handle), and a []byte sent as bin where a string field
+# is expected. Frames below are built by hand the way go-msgpack writes them.
+
+
+def _go_str(raw: bytes, kind: str) -> bytes:
+    if kind == "str16":
+        return b"\xda" + len(raw).to_bytes(2, "big") + raw
+    if kind == "str8":
+        return b"\xd9" + bytes((len(raw),)) + raw
+    assert kind == "bin8"
+    return b"\xc4" + bytes((len(raw),)) + raw
+
+
+def _go_request(method: bytes, seq: int, body: bytes, kind: str) -> bytes:
+    return b"\x82\xa3Seq" + bytes((seq,)) + b"\xadServiceMethod" + _go_str(method, kind) + body
+
+
+@pytest.mark.parametrize("kind", ["str8", "str16", "bin8"])
+def test_non_utf8_and_bin_header_strings_decode_byte_for_byte(kind: str) -> None:
+    decoder = RequestDecoder()
+    decoder.feed(_go_request(b"Status.Ping\xff", 3, b"\xa2\xfe\xfd", kind))
+    (request,) = list(decoder)
+    assert request == RPCRequest("Status.Ping\udcff", 3, "\udcfe\udcfd")
+    # Encoded back, the bytes are the ones received.
+    assert encode_response(request.service_method, 3, "", request.body) == (
+        b"\x83\xa5Error\xa0\xa3Seq\x03\xadServiceMethod\xacStatus.Ping\xff\xa2\xfe\xfd"
+    )
+    decoder = ResponseDecoder()
+    decoder.feed(b"\x82\xa5Error" + _go_str(b"bad \xff", kind) + b"\xa3Seq\x03\x80")
+    assert list(decoder) == [RPCResponse("", 3, "bad \udcff", {})]
+
+
+async def test_a_non_utf8_service_method_gets_net_rpcs_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log = LogCapture()
+    async with trio.open_nursery() as nursery:
+        client = await _serve_pair(Endpoints(), log, nursery)
+        await client.send_all(_go_request(b"Status.Ping\xff", 6, b"\x80", "str16"))
+        received = b""
+        while data := await client.receive_some():
+            received += data
+    # net/rpc: service "Status" exists, method "Ping\xff" does not; the text and the echoed
+    # ServiceMethod carry the raw bytes; then the connection closes, as for any unknown method.
+    error = b"rpc: can't find method Status.Ping\xff"
+    assert received == (
+        b"\x83\xa5Error\xd9" + bytes((len(error),)) + error
+        + b"\xa3Seq\x06\xadServiceMethod\xacStatus.Ping\xff\x80"
+    )  # fmt: skip
+    assert "can't find method Status.Ping" in log.text
+
+
+async def test_a_non_utf8_body_is_answered_and_the_stream_stays_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    endpoints = Endpoints()
+    endpoints.register("Test.Echo", lambda body: body)
+    log = LogCapture()
+    async with trio.open_nursery() as nursery:
+        client = await _serve_pair(endpoints, log, nursery)
+        body = b"\x81\xa4Node" + _go_str(b"n\xff\xfe", "str16")
+        await client.send_all(_go_request(b"Test.Echo", 1, body, "bin8"))
+        expected = (
+            b"\x83\xa5Error\xa0\xa3Seq\x01\xadServiceMethod\xa9Test.Echo\x81\xa4Node\xa3n\xff\xfe"
+        )
+        assert await read_exactly(client, len(expected)) == expected
+        assert await call_on_stream(client, "Status.Ping", {}, seq=2) == {}
+        await client.aclose()
+    assert "malformed" not in log.text
