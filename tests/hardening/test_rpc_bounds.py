@@ -216,3 +216,69 @@ async def test_reload_reads_and_parses_off_the_event_loop(
         release.set()
         with trio.fail_after(10):
             await reloaded.wait()
+
+
+async def _garbage(agent: Agent) -> None:
+    conn = await RawConnection.open(agent)
+    await conn.send_bytes(b"\xc1" * 64)
+    await conn.read_until_eof()
+
+
+async def _before_handshake(agent: Agent) -> None:
+    conn = await RawConnection.open(agent)
+    conn.decoder.expect(1, body=False)
+    await conn.send_objects({"Command": "members-lan", "Seq": 1, "Token": ""})
+    await conn.read_until_eof()
+
+
+async def _unsupported(agent: Agent) -> None:
+    conn = await RawConnection.open(agent)
+    await conn.handshake()
+    conn.decoder.expect(2, body=False)
+    await conn.send_objects({"Command": "z" * 5000, "Seq": 2, "Token": ""})
+    await conn.read_until_eof()
+
+
+async def _malformed_body(agent: Agent) -> None:
+    conn = await RawConnection.open(agent)
+    await conn.handshake()
+    conn.decoder.expect(2, body=True)
+    await conn.send_objects({"Command": "join", "Seq": 2, "Token": ""}, {"Existing": 7})
+    await conn.read_until_eof()
+
+
+async def _silent(agent: Agent) -> None:
+    conn = await RawConnection.open(agent)
+    await conn.read_until_eof()  # closed by the handshake deadline
+
+
+async def _idle(agent: Agent) -> None:
+    conn = await RawConnection.open(agent)
+    await conn.handshake()
+    await conn.read_until_eof()  # closed by the idle deadline
+
+
+async def _connect_and_drop(agent: Agent) -> None:
+    conn = await RawConnection.open(agent)
+    await conn.aclose()
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [_garbage, _before_handshake, _unsupported, _malformed_body, _silent, _idle, _connect_and_drop],
+)
+async def test_a_flood_of_one_kind_logs_at_most_a_couple_of_lines(attack: Any) -> None:
+    """30 connections of one hostile kind within a second: the agent logs (at any level) at
+    most two lines about them. A new line that a client can trigger without the throttle
+    makes this fail."""
+    async with running_agent("tcp", handshake_timeout=0.2, idle_timeout=0.2) as agent:
+        now = [0.0]
+        agent.hub._monotonic = lambda: now[0]  # the throttle's clock stands still
+        before = len(agent.hub.lines())
+        for _ in range(30):
+            with trio.fail_after(5):
+                await attack(agent)
+        await poll_until(lambda: agent.rpc_stats.connections == 0)
+        lines = agent.hub.lines()[before:]
+        assert len(lines) <= 3, "\n".join(lines)  # "accepted" and the kind, one each
+        await good_stats(agent)
