@@ -394,9 +394,11 @@ class RPCConnection:
                     pending += len(frame)
                     if pending >= FLUSH_BYTES:
                         # Big replies (stats, members) to a long pipelined batch: hand them
-                        # over now, so the budget can hold this reader back mid-batch.
+                        # over now, so the budget can hold this reader back mid-batch, and
+                        # let other connections run (one read can hold ~3,000 requests).
                         pending = 0
                         await self._flush(out)
+                        await trio.lowlevel.checkpoint()
             except ProtocolError:
                 stats.frames_in += count
                 await self._flush(out)
