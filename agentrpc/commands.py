@@ -21,6 +21,7 @@ import trio
 
 from . import build_info
 from .gossip.memberlist import MemberlistStats
+from .logs import DEBUG, INFO, WARN, clip
 from .membership.pool import MembershipPool
 from .protocol.bodies import JoinRequest, members_body
 from .protocol.codec import Encoded, Request, ResponseEncoder
@@ -119,10 +120,12 @@ class AgentCommands:
         if servers and agent.rpc_pool is not None:
             members = await forward_members_wan(agent.rpc_pool, servers, logger=agent.log)
         if members is None:
-            agent.log.debug(
+            agent.log.throttled(
+                DEBUG,
+                "members-wan-unanswered",
                 "members-wan: no server answered"
                 + (f" (tried {', '.join(servers)})" if servers else " (no server known)")
-                + "; answering with an empty list"
+                + "; answering with an empty list",
             )
             return "", _EMPTY_MEMBERS
         return "", {"Members": members}
@@ -175,18 +178,22 @@ class AgentCommands:
             pool = agent.wan
         else:
             pool = agent.lan
-        agent.log.info(f"joining {pool.name.upper()} pool: {', '.join(join.existing) or '-'}")
+        # A client can send these at will: each kind is throttled, and its strings clipped.
+        kind = pool.name.upper()
+        agent.log.throttled(
+            INFO, "join", f"joining {kind} pool: {clip(', '.join(join.existing)) or '-'}"
+        )
         num, error = await pool.join(join.existing)
         if error:
-            agent.log.warn(f"join ({pool.name.upper()}): {error}")
+            agent.log.throttled(WARN, "join-failed", f"join ({kind}): {clip(error)}")
         else:
-            agent.log.info(f"join ({pool.name.upper()}): {num} nodes contacted")
+            agent.log.throttled(INFO, "join-done", f"join ({kind}): {num} nodes contacted")
         return error, {"Num": num}
 
     async def force_leave(self, _connection: RPCConnection, request: Request) -> Reply:
         node: str = request.body
         agent = self._agent
-        agent.log.info(f"force leaving node: {node}")
+        agent.log.throttled(INFO, "force-leave", f"force leaving node: {clip(node)}")
         errors = [await agent.lan.force_leave(node)]
         wan = agent.wan
         if wan is not None:

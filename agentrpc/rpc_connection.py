@@ -26,7 +26,7 @@ import trio
 from .budget import DEFAULT_CONNECTION_BYTES, ConnectionBudget, SharedBudget
 from .logs import DEBUG, WARN, Logger, LogSubscription, clip
 from .protocol import bodies
-from .protocol.codec import READ_SIZE, Request, RequestDecoder, ResponseEncoder
+from .protocol.codec import READ_SIZE, Request, RequestDecoder, ResponseEncoder, text_bytes
 from .protocol.constants import (
     COMMANDS,
     DEFAULT_MAX_FRAME_SIZE,
@@ -144,7 +144,7 @@ class RPCServices(Protocol):
 
 def _token_matches(request: Request, token: str) -> bool:
     sent = request.token
-    return sent is not None and hmac.compare_digest(sent.encode(), token.encode())
+    return sent is not None and hmac.compare_digest(text_bytes(sent), text_bytes(token))
 
 
 class EndReason(enum.Enum):

@@ -282,3 +282,20 @@ async def test_a_flood_of_one_kind_logs_at_most_a_couple_of_lines(attack: Any) -
         lines = agent.hub.lines()[before:]
         assert len(lines) <= 3, "\n".join(lines)  # "accepted" and the kind, one each
         await good_stats(agent)
+
+
+async def test_a_token_that_is_not_utf8_is_denied_not_dropped() -> None:
+    async with running_agent("tcp", rpc_token="secret") as agent:
+        conn = await RawConnection.open(agent)
+        await conn.handshake()
+        # As go-msgpack writes a Go string holding bytes that are not UTF-8: a raw str.
+        header = b"\x83\xa7Command\xa5stats\xa3Seq\x02\xa5Token\xa2\xff\xfe"
+        conn.decoder.expect(2, body=True)
+        conn.decoder.expect(3, body=True)
+        await conn.send_bytes(header + header.replace(b"Seq\x02", b"Seq\x03"))
+        with trio.fail_after(5):
+            replies = await conn.read(2)
+        assert [(r.seq, r.error) for r in replies] == [
+            (2, "Permission denied"),
+            (3, "Permission denied"),
+        ]
