@@ -8,6 +8,8 @@ import socket
 from dataclasses import dataclass
 from typing import Literal
 
+from agentrpc.hostport import HostPortError, join_host_port, split_host_port
+
 
 class AddressError(ValueError):
     """An address that cannot be parsed or used."""
@@ -27,9 +29,7 @@ class Address:
             return f"unix://{self.path}"
         if self.kind == "memory":
             return f"memory://{self.path}"
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
     @property
     def is_loopback(self) -> bool:
@@ -65,7 +65,10 @@ def parse_address(text: str, *, default_port: int | None = None) -> Address:
         return Address("memory", path=name)
     if "://" in text:
         raise AddressError(f"unknown address scheme in {text!r}")
-    host, port_text = _split_host_port(text)
+    try:
+        host, port_text = split_host_port(text)
+    except HostPortError as exc:
+        raise AddressError(str(exc)) from None
     if port_text is None:
         if default_port is None:
             raise AddressError(f"address {text!r} needs a port (HOST:PORT)")
@@ -79,29 +82,6 @@ def parse_address(text: str, *, default_port: int | None = None) -> Address:
     if not host:
         raise AddressError(f"address {text!r} needs a host")
     return Address("tcp", host=host, port=port)
-
-
-def _split_host_port(text: str) -> tuple[str, str | None]:
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise AddressError(f"unclosed '[' in address {text!r}")
-        host = text[1:end]
-        rest = text[end + 1 :]
-        if not rest:
-            return host, None
-        if not rest.startswith(":"):
-            raise AddressError(f"unexpected text after ']' in address {text!r}")
-        return host, rest[1:]
-    if text.count(":") > 1:
-        # A bare IPv6 address without a port.
-        try:
-            ipaddress.IPv6Address(text)
-        except ValueError:
-            raise AddressError(f"IPv6 address needs brackets with a port: {text!r}") from None
-        return text, None
-    host, sep, port = text.partition(":")
-    return host, (port if sep else None)
 
 
 def describe_connect_error(exc: OSError) -> str:
