@@ -19,40 +19,29 @@ one place that turns a wire string (str or bin) into ``str``, :func:`text_bytes`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Final, NamedTuple, TypeGuard
+from typing import Any, Final, NamedTuple
 
 import msgpack
 
 from .constants import COMMANDS_WITH_BODY, DEFAULT_MAX_FRAME_SIZE
 from .errors import FrameTooLarge, ProtocolError
+from .msgpack_wire import (
+    MAX_UINT64,
+    NEED_DATA,
+    READ_SIZE as READ_SIZE,
+    TEXT_ERRORS as TEXT_ERRORS,
+    ObjectTooLarge,
+    Undecodable,
+    as_text as as_text,
+    bounded_unpacker,
+    feed,
+    is_uint64,
+    new_packer as new_packer,
+    next_object,
+    text_bytes as text_bytes,
+)
 
-MAX_SEQ: Final = (1 << 64) - 1
-READ_SIZE: Final = 64 * 1024
-"""How much a transport reads at once; the decoder's buffer allows one frame plus this."""
-
-_UNPACK_ERRORS: Final = (ValueError, TypeError, msgpack.exceptions.UnpackException)
-"""What msgpack raises on hostile input (FormatError, StackError, bad keys...)."""
-
-TEXT_ERRORS: Final = "surrogateescape"
-"""How wire strings map to ``str``: bytes that are not UTF-8 become lone surrogates
-(U+DC80..U+DCFF) and are encoded back to the very same bytes."""
-
-
-def as_text(value: object) -> str | None:
-    """A wire string as ``str``: a str as is, bytes (bin, or a raw str decoded without
-    conversion) from UTF-8 with :data:`TEXT_ERRORS`; ``None`` for any other type.
-
-    The one "str or bytes -> str" rule of every decoder (agent RPC, server port, gossip)."""
-    if type(value) is str:
-        return value
-    if type(value) is bytes:
-        return value.decode("utf-8", TEXT_ERRORS)
-    return None
-
-
-def text_bytes(text: str) -> bytes:
-    """The bytes a ``str`` stands for on the wire (the inverse of :func:`as_text`)."""
-    return text.encode("utf-8", TEXT_ERRORS)
+MAX_SEQ: Final = MAX_UINT64
 
 
 class Request(NamedTuple):
@@ -72,50 +61,6 @@ class Response(NamedTuple):
     body: Any
 
 
-def new_packer() -> Callable[[Any], bytes]:
-    """A msgpack packer (new spec: str and bin) with a small initial buffer.
-
-    msgpack's default buffer is 256 KiB per packer; one per connection would make idle
-    connections expensive. The buffer grows when a large body is packed.
-
-    A str holding surrogates (a name that was not UTF-8 on the wire) is packed back to its
-    original bytes. msgpack's strict packer is tried first: a packer given ``unicode_errors``
-    copies every str through an encode call and is about twice as slow, so only a value that
-    needs it (strict packing raised, which leaves the packer reset) pays for that."""
-    fast: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True, buf_size=1024).pack
-
-    def pack(obj: Any) -> bytes:
-        try:
-            return fast(obj)
-        except UnicodeEncodeError:
-            escaping = msgpack.Packer(use_bin_type=True, buf_size=1024, unicode_errors=TEXT_ERRORS)
-            packed: bytes = escaping.pack(obj)
-            return packed
-
-    return pack
-
-
-def _is_uint64(value: object) -> TypeGuard[int]:
-    return type(value) is int and 0 <= value <= MAX_SEQ
-
-
-def _new_unpacker(max_frame_size: int) -> Any:
-    return msgpack.Unpacker(
-        raw=False,
-        unicode_errors=TEXT_ERRORS,
-        strict_map_key=True,
-        # Start small: msgpack allocates read_size up front (1 MiB by default), and an idle
-        # connection should cost little; the buffer grows when a large frame arrives.
-        read_size=4096,
-        max_buffer_size=max_frame_size + READ_SIZE,
-        max_str_len=max_frame_size,
-        max_bin_len=max_frame_size,
-        max_array_len=max_frame_size,
-        max_map_len=max_frame_size // 2,
-        max_ext_len=max_frame_size,
-    )
-
-
 def parse_request_header(obj: object) -> tuple[str, int, str | None]:
     """Validate a request header (map, or the positional array form) into its fields.
 
@@ -132,7 +77,7 @@ def parse_request_header(obj: object) -> tuple[str, int, str | None]:
         token = obj[2] if len(obj) == 3 else None
     else:
         raise ProtocolError(f"request header must be a map, got {type(obj).__name__}")
-    if not _is_uint64(seq):
+    if not is_uint64(seq):
         raise ProtocolError("request header needs Seq as an unsigned 64-bit integer")
     if type(command) is not str:
         command = as_text(command)
@@ -168,11 +113,11 @@ class RequestDecoder:
     def feed(self, data: bytes | bytearray) -> None:
         """Append bytes received from the peer."""
         if self._unpacker is None:
-            self._unpacker = _new_unpacker(self.max_frame_size)
+            self._unpacker = bounded_unpacker(self.max_frame_size)
             self._fed = self._complete = 0
         try:
-            self._unpacker.feed(data)
-        except msgpack.exceptions.BufferFull:
+            feed(self._unpacker, data)
+        except ObjectTooLarge:
             raise self._too_large() from None
         self._fed += len(data)
 
@@ -196,20 +141,20 @@ class RequestDecoder:
             return
         while True:
             try:
-                obj = next(unpacker)
-            except StopIteration:
-                if self._complete == self._fed:
-                    self._unpacker = None  # the last object ended the data: release the parser
-                return
-            except _UNPACK_ERRORS as exc:
-                if isinstance(exc, ValueError) and "exceeds max_" in str(exc):
-                    raise self._too_large() from None
+                obj = next_object(unpacker)
+            except ObjectTooLarge:
+                raise self._too_large() from None
+            except Undecodable as exc:
                 pending = self._pending
                 raise ProtocolError(
                     f"undecodable msgpack: {exc}",
                     seq=pending[1] if pending else None,
                     command=pending[0] if pending else None,
                 ) from None
+            if obj is NEED_DATA:
+                if self._complete == self._fed:
+                    self._unpacker = None  # the last object ended the data: release the parser
+                return
             # msgpack's tell() also counts a partly parsed object, so remember where the
             # last whole object ended.
             self._complete = unpacker.tell()
@@ -292,7 +237,7 @@ class ResponseDecoder:
     __slots__ = ("_expect", "_pending", "_streams", "_unpacker")
 
     def __init__(self, max_frame_size: int = 64 * DEFAULT_MAX_FRAME_SIZE) -> None:
-        self._unpacker = _new_unpacker(max_frame_size)
+        self._unpacker = bounded_unpacker(max_frame_size)
         self._expect: dict[int, bool] = {}
         self._streams: set[int] = set()
         self._pending: tuple[int, str] | None = None
@@ -308,19 +253,21 @@ class ResponseDecoder:
 
     def feed(self, data: bytes | bytearray) -> None:
         try:
-            self._unpacker.feed(data)
-        except msgpack.exceptions.BufferFull:
+            feed(self._unpacker, data)
+        except ObjectTooLarge:
             raise FrameTooLarge("response frame exceeds the size limit") from None
 
     def __iter__(self) -> Iterator[Response]:
         unpacker = self._unpacker
         while True:
             try:
-                obj = next(unpacker)
-            except StopIteration:
-                return
-            except _UNPACK_ERRORS as exc:
+                obj = next_object(unpacker)
+            except ObjectTooLarge:
+                raise FrameTooLarge("response frame exceeds the size limit") from None
+            except Undecodable as exc:
                 raise ProtocolError(f"undecodable msgpack from agent: {exc}") from None
+            if obj is NEED_DATA:
+                return
             pending = self._pending
             if pending is not None:
                 self._pending = None
@@ -332,7 +279,7 @@ class ResponseDecoder:
             error = obj.get("Error") or ""
             if type(error) is not str:
                 error = as_text(error)
-            if not _is_uint64(seq) or error is None:
+            if not is_uint64(seq) or error is None:
                 raise ProtocolError("response header needs Seq (uint64) and Error (str)")
             wants_body = self._expect.get(seq)
             if seq in self._streams:

@@ -26,11 +26,21 @@ import enum
 from collections.abc import Callable, Iterator
 from typing import Any, Final, NamedTuple
 
-import msgpack
-
-from ..protocol.codec import TEXT_ERRORS, as_text, new_packer
 from ..protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.errors import FrameTooLarge, ProtocolError
+from ..protocol.msgpack_wire import (
+    MAX_UINT64,
+    NEED_DATA,
+    READ_SIZE as READ_SIZE,
+    ObjectTooLarge,
+    Undecodable,
+    as_text,
+    bounded_unpacker,
+    feed,
+    is_uint64,
+    new_packer,
+    next_object,
+)
 
 
 class RPCType(enum.IntEnum):
@@ -50,9 +60,7 @@ class RPCType(enum.IntEnum):
 DEFAULT_SERVER_PORT: Final = 8300
 """The reference's server port (``ports.server``)."""
 
-MAX_SEQ: Final = (1 << 64) - 1
-READ_SIZE: Final = 64 * 1024
-"""How much an engine reads at once; the decoder's buffer allows one object plus this."""
+MAX_SEQ: Final = MAX_UINT64
 
 EMPTY_BODY: Final = b"\x80"
 """``{}``: Go's ``struct{}{}`` (net/rpc's ``invalidRequest``, sent as the body of every error)."""
@@ -61,8 +69,6 @@ EMPTY_BODY: Final = b"\x80"
 ERR_CANT_FIND_SERVICE: Final = "rpc: can't find service "
 ERR_CANT_FIND_METHOD: Final = "rpc: can't find method "
 ERR_ILL_FORMED: Final = "rpc: service/method request ill-formed: "
-
-_UNPACK_ERRORS: Final = (ValueError, TypeError, msgpack.exceptions.UnpackException)
 
 
 class RPCRequest(NamedTuple):
@@ -82,20 +88,6 @@ class RPCResponse(NamedTuple):
     body: Any
 
 
-def _new_unpacker(max_object_size: int) -> Any:
-    return msgpack.Unpacker(
-        raw=False,
-        unicode_errors=TEXT_ERRORS,
-        strict_map_key=False,
-        max_buffer_size=max_object_size + READ_SIZE,
-        max_str_len=max_object_size,
-        max_bin_len=max_object_size,
-        max_array_len=max_object_size,
-        max_map_len=max_object_size // 2,
-        max_ext_len=max_object_size,
-    )
-
-
 def _field(header: object, name: str, position: int) -> object:
     if type(header) is dict:
         return header.get(name)
@@ -112,7 +104,7 @@ def _header_fields(header: object, names: tuple[str, ...], what: str) -> list[ob
 def _seq(value: object, what: str) -> int:
     if value is None:
         return 0
-    if type(value) is not int or not 0 <= value <= MAX_SEQ:
+    if not is_uint64(value):
         raise ProtocolError(f"{what} header needs Seq as an unsigned 64-bit integer")
     return value
 
@@ -153,17 +145,18 @@ class _PairDecoder:
         if max_object_size < 64:
             raise ValueError("max_object_size must be at least 64 bytes")
         self.max_object_size = max_object_size
-        self._unpacker = _new_unpacker(max_object_size)
+        self._unpacker = bounded_unpacker(max_object_size)
         self._header: Any = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes received from the peer."""
         try:
-            self._unpacker.feed(data)
-        except msgpack.exceptions.BufferFull:
-            raise FrameTooLarge(
-                f"msgpack object exceeds the {self.max_object_size}-byte limit"
-            ) from None
+            feed(self._unpacker, data)
+        except ObjectTooLarge:
+            raise self._too_large() from None
+
+    def _too_large(self) -> FrameTooLarge:
+        return FrameTooLarge(f"msgpack object exceeds the {self.max_object_size}-byte limit")
 
     @property
     def awaiting_body(self) -> bool:
@@ -172,15 +165,14 @@ class _PairDecoder:
 
     def _next_object(self) -> tuple[bool, Any]:
         try:
-            return True, next(self._unpacker)
-        except StopIteration:
-            return False, None
-        except _UNPACK_ERRORS as exc:
-            if isinstance(exc, ValueError) and "exceeds max_" in str(exc):
-                raise FrameTooLarge(
-                    f"msgpack object exceeds the {self.max_object_size}-byte limit"
-                ) from None
+            obj = next_object(self._unpacker)
+        except ObjectTooLarge:
+            raise self._too_large() from None
+        except Undecodable as exc:
             raise ProtocolError(f"undecodable msgpack: {exc}") from None
+        if obj is NEED_DATA:
+            return False, None
+        return True, obj
 
 
 class RequestDecoder(_PairDecoder):
