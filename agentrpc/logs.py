@@ -1,5 +1,9 @@
 """The agent's log: one hub per agent that formats lines, keeps a ring, and feeds monitors.
 
+This is the trio side of logging. The protocol (levels, :class:`LogLike`, :class:`NullLog`,
+:class:`CaptureLog`, :func:`clip`, :func:`describe_failure`) lives in the trio-free
+:mod:`agentrpc.log_protocol` and is re-exported here; code below the agent imports it from there.
+
 Lines look like the reference's: ``2015/01/17 12:37:35 [INFO] agent.rpc: Accepted client: ...``.
 Every line, whatever its level, goes into a ring (replayed to a new monitor) of at most 512
 lines and at most 1 MiB (``ring_bytes``; the oldest lines go first); lines at or above the
@@ -20,11 +24,56 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final, Protocol, TextIO
+from typing import Final, TextIO
 
 import trio
 
-from .protocol.constants import LEVEL_INDEX, LOG_LEVELS
+from .log_protocol import (
+    DEBUG,
+    ERR,
+    INFO,
+    LEVEL_INDEX,
+    LOG_LEVELS,
+    PEER_TEXT_LIMIT,
+    TRACE,
+    WARN,
+    CaptureLog,
+    LogLike,
+    NullLog,
+    clip,
+    describe_failure,
+    parse_level,
+)
+
+__all__ = [
+    "DEBUG",
+    "DEFAULT_MONITOR_QUEUE",
+    "DEFAULT_MONITOR_QUEUE_BYTES",
+    "DEFAULT_MONITOR_TOTAL_BYTES",
+    "DEFAULT_RING_BYTES",
+    "ERR",
+    "INFO",
+    "LEVEL_INDEX",
+    "LINE_OVERHEAD",
+    "LOG_LEVELS",
+    "MAX_MESSAGE_CHARS",
+    "PEER_TEXT_LIMIT",
+    "RING_SIZE",
+    "THROTTLE_INTERVAL",
+    "TRACE",
+    "WARN",
+    "CaptureLog",
+    "LogHub",
+    "LogLike",
+    "LogLines",
+    "LogSubscription",
+    "Logger",
+    "NullLog",
+    "clip",
+    "describe_failure",
+    "line_bytes",
+    "parse_level",
+]
 
 RING_SIZE: Final = 512
 DEFAULT_RING_BYTES: Final = 1 << 20
@@ -38,21 +87,6 @@ MAX_MESSAGE_CHARS: Final = 8 << 10
 """A message longer than this (8 KiB characters) is cut in :meth:`LogHub.emit`."""
 THROTTLE_INTERVAL: Final = 1.0
 
-TRACE, DEBUG, INFO, WARN, ERR = range(5)
-
-PEER_TEXT_LIMIT: Final = 200
-"""Characters of a peer-controlled string that a log line or an error reply may carry."""
-
-
-def clip(text: object, limit: int = PEER_TEXT_LIMIT) -> str:
-    """A peer-controlled value, fit for a log line: its ``repr``-free text cut to ``limit``
-    characters, followed by its real length when it was cut."""
-    value = text if isinstance(text, str) else str(text)
-    if len(value) <= limit:
-        return value
-    return f"{value[:limit]}...({len(value)} characters)"
-
-
 LINE_OVERHEAD: Final = 100
 """Bytes counted per line besides its text (the str and ring entry headers)."""
 
@@ -64,54 +98,6 @@ def line_bytes(line: str) -> int:
 
 
 _sizeof: Final = line_bytes
-
-
-def parse_level(name: str) -> int:
-    """The index of a level name (case-insensitive); ``ValueError`` when unknown.
-
-    ``WARNING`` and ``ERROR`` are accepted as aliases of the reference's ``WARN`` and ``ERR``.
-    """
-    upper = name.upper()
-    upper = {"WARNING": "WARN", "ERROR": "ERR"}.get(upper, upper)
-    try:
-        return LEVEL_INDEX[upper]
-    except KeyError:
-        raise ValueError(f"unknown log level {name!r}") from None
-
-
-class LogLike(Protocol):
-    """The logging calls the protocol layers make; :class:`Logger` satisfies it."""
-
-    def debug(self, message: str) -> None: ...
-
-    def info(self, message: str) -> None: ...
-
-    def warn(self, message: str) -> None: ...
-
-    def error(self, message: str) -> None: ...
-
-    def throttled(self, level: int, key: str, message: str) -> None:
-        """At most one line per ``key`` per second; for what a peer can trigger at will."""
-        ...
-
-
-class NullLog:
-    """A :class:`LogLike` that drops everything (for components built without a logger)."""
-
-    def debug(self, message: str) -> None:
-        pass
-
-    def info(self, message: str) -> None:
-        pass
-
-    def warn(self, message: str) -> None:
-        pass
-
-    def error(self, message: str) -> None:
-        pass
-
-    def throttled(self, level: int, key: str, message: str) -> None:
-        pass
 
 
 class LogLines(trio.abc.ReceiveChannel[str]):

@@ -10,7 +10,9 @@ Three parts, as in hashicorp/memberlist and hashicorp/serf:
   join / leave / update notifications.
 * :class:`MemberlistHandle` is what the membership layer may call on memberlist.
 
-Everything here is types only: no behaviour, no trio tasks.
+Everything here is types only: no behaviour, no trio tasks, and trio itself is imported only
+for type checking (the stream types in the annotations), so the sans-I/O rules that name these
+types stay trio-free.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
-
-import trio
+from typing import TYPE_CHECKING, Protocol
 
 from .messages import NodeState, Vsn
+
+if TYPE_CHECKING:  # annotations only: the contract must stay importable without trio
+    import trio
 
 __all__ = [
     "GossipAddress",

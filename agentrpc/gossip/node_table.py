@@ -38,7 +38,7 @@ The rules, in short (see the methods for the details):
   stops growing until it is below the new bound.
 
 Every log line a peer can cause at will goes through the logger's per-kind throttle, and
-every string a peer chose (node names, Meta) is cut with :func:`agentrpc.logs.clip`.
+every string a peer chose (node names, Meta) is cut with :func:`agentrpc.log_protocol.clip`.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from agentrpc.gossip.messages import (
 from agentrpc.gossip.probe_order import ProbeOrder, k_random_nodes
 from agentrpc.gossip.profiles import GossipProfile
 from agentrpc.gossip.suspicion import Suspicion
-from agentrpc.logs import ERR, INFO, WARN, LogLike, NullLog, clip
+from agentrpc.log_protocol import ERR, INFO, WARN, LogLike, NullLog, clip
 
 if TYPE_CHECKING:
     from agentrpc.gossip.contract import MemberlistEvents
@@ -93,7 +93,8 @@ class ProtocolVersionError(ValueError):
 
 
 TableLog = LogLike
-"""The logging this module needs (:class:`agentrpc.logs.Logger` fits)."""
+"""The logging this module needs (:class:`agentrpc.log_protocol.LogLike`; the agent's
+:class:`agentrpc.logs.Logger` fits)."""
 
 
 def _ip_text(addr: bytes) -> str:

@@ -42,7 +42,7 @@ What a peer can make this layer keep, and its bound (``max_members``, the pool's
 * user events, queries, their responses and relays keep nothing (only the clocks move).
 
 Every log line a peer can cause at will goes through the per-kind throttle (``serf.*``
-keys), and every peer-chosen string in a line is cut with :func:`agentrpc.logs.clip`.
+keys), and every peer-chosen string in a line is cut with :func:`agentrpc.log_protocol.clip`.
 """
 
 from __future__ import annotations
@@ -74,14 +74,8 @@ from agentrpc.gossip.serf_messages import (
     encode_serf_message,
     encode_tags,
 )
-from agentrpc.logs import DEBUG, ERR, WARN, LogLike, NullLog, clip
-from agentrpc.protocol.constants import (
-    STATUS_ALIVE,
-    STATUS_FAILED,
-    STATUS_LEAVING,
-    STATUS_LEFT,
-    STATUS_NONE,
-)
+from agentrpc.log_protocol import DEBUG, ERR, WARN, LogLike, NullLog, clip
+from agentrpc.member_status import MemberStatus
 
 __all__ = [
     "DAY",
@@ -110,16 +104,6 @@ class TagsTooLargeError(SerfError, ValueError):
     """The encoded tags do not fit in memberlist's Meta."""
 
 
-class MemberStatus(enum.StrEnum):
-    """A member's status as serf reports it (the ``Status`` of the agent RPC's Member)."""
-
-    NONE = STATUS_NONE
-    ALIVE = STATUS_ALIVE
-    LEAVING = STATUS_LEAVING
-    LEFT = STATUS_LEFT
-    FAILED = STATUS_FAILED
-
-
 class SerfLifecycle(enum.Enum):
     """Where the local node is in its own life (serf's ``SerfState``)."""
 
@@ -139,7 +123,8 @@ class MemberEventType(enum.Enum):
 
 
 SerfLog = LogLike
-"""The logging this module needs (:class:`agentrpc.logs.Logger` fits)."""
+"""The logging this module needs (:class:`agentrpc.log_protocol.LogLike`; the agent's
+:class:`agentrpc.logs.Logger` fits)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,11 +1,24 @@
 """Wire constants of the agent RPC protocol: command names, error strings, levels, limits.
 
 One place per fact: every other module imports these names instead of spelling the strings.
+Two families are defined below this layer and re-exported here, because the RPC only carries
+them: the log level names the ``monitor`` command takes (:mod:`agentrpc.log_protocol`, the
+log's own home) and the member statuses of a Member (:mod:`agentrpc.member_status`, serf's).
+Both are pure modules, so this one stays trio-free.
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+from ..log_protocol import LEVEL_INDEX as LEVEL_INDEX, LOG_LEVELS as LOG_LEVELS
+from ..member_status import (
+    STATUS_ALIVE as STATUS_ALIVE,
+    STATUS_FAILED as STATUS_FAILED,
+    STATUS_LEAVING as STATUS_LEAVING,
+    STATUS_LEFT as STATUS_LEFT,
+    STATUS_NONE as STATUS_NONE,
+)
 
 RPC_VERSION: Final = 1
 """The only handshake version the protocol knows."""
@@ -41,17 +54,6 @@ ERR_MONITOR_EXISTS: Final = "Monitor already exists"
 ERR_UNKNOWN_LOG_LEVEL: Final = "Unknown log level: "
 ERR_WAN_JOIN_CLIENT: Final = "Must be a server to join WAN cluster"
 ERR_PERMISSION_DENIED: Final = "Permission denied"
-
-# Log levels the monitor command and the agent's log know, lowest first.
-LOG_LEVELS: Final = ("TRACE", "DEBUG", "INFO", "WARN", "ERR")
-LEVEL_INDEX: Final = {name: index for index, name in enumerate(LOG_LEVELS)}
-
-# Member statuses as the membership layer reports them.
-STATUS_ALIVE: Final = "alive"
-STATUS_LEAVING: Final = "leaving"
-STATUS_LEFT: Final = "left"
-STATUS_FAILED: Final = "failed"
-STATUS_NONE: Final = "none"
 
 ERROR_BODIES: Final = {
     MEMBERS_LAN: {"Members": []},

@@ -1,0 +1,108 @@
+"""The sans-I/O layer stays sans-I/O: each codec and pure-rules module, imported alone in a fresh
+interpreter, loads neither trio nor any module of the project that is not pure itself.
+
+A failure names the module and what it dragged in; ``python -X importtime -c "import <module>"``
+shows the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import agentrpc.protocol
+
+PROTOCOL_MODULES = sorted(
+    f"agentrpc.protocol.{info.name}" for info in pkgutil.iter_modules(agentrpc.protocol.__path__)
+)
+"""Every module of the agent RPC's codec package, found on disk (a new one is checked too)."""
+
+PURE_MODULES = [
+    *PROTOCOL_MODULES,
+    "agentrpc.defaults",
+    "agentrpc.hostport",
+    "agentrpc.log_protocol",
+    "agentrpc.member_status",
+    "agentrpc.serverport.rpc_codec",
+    "agentrpc.serverport.yamux",
+    "agentrpc.gossip.versions",
+    "agentrpc.gossip.memberlist_config",
+    "agentrpc.gossip.awareness",
+    "agentrpc.gossip.broadcast_queue",
+    "agentrpc.gossip.contract",
+    "agentrpc.gossip.lamport",
+    "agentrpc.gossip.lzw",
+    "agentrpc.gossip.messages",
+    "agentrpc.gossip.node_table",
+    "agentrpc.gossip.packet",
+    "agentrpc.gossip.probe_order",
+    "agentrpc.gossip.profiles",
+    "agentrpc.gossip.security",
+    "agentrpc.gossip.serf",
+    "agentrpc.gossip.serf_messages",
+    "agentrpc.gossip.stream",
+    "agentrpc.gossip.suspicion",
+]
+"""The modules that must import without trio; a pure module may import only these."""
+
+PACKAGES = {"agentrpc", "agentrpc.protocol", "agentrpc.gossip", "agentrpc.serverport"}
+"""Package ``__init__`` modules the pure ones live in (they must stay light themselves)."""
+
+_PROBE = """
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
+print(json.dumps({
+    "trio": "trio" in sys.modules,
+    "project": sorted(name for name in sys.modules if name.split(".")[0] == "agentrpc"),
+}))
+"""
+
+
+def imports_of(module: str) -> tuple[bool, set[str]]:
+    """Whether importing ``module`` alone loads trio, and the project modules it loads."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, module],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, f"import {module} failed:\n{done.stderr}"
+    result = json.loads(done.stdout)
+    return bool(result["trio"]), set(result["project"])
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_module_imports_no_trio(module: str) -> None:
+    loads_trio, project = imports_of(module)
+    assert not loads_trio, f"import {module} loads trio (python -X importtime shows the chain)"
+    impure = sorted(project - set(PURE_MODULES) - PACKAGES)
+    assert not impure, f"import {module} loads modules that are not pure: {impure}"
+
+
+def test_the_package_alone_loads_nothing_else() -> None:
+    loads_trio, project = imports_of("agentrpc")
+    assert not loads_trio
+    assert project == {"agentrpc"}
+
+
+def test_the_package_names_still_resolve() -> None:
+    import agentrpc
+    from agentrpc.agent import Agent
+    from agentrpc.build_info import VERSION
+    from agentrpc.client import Client
+    from agentrpc.protocol.bodies import Member
+
+    assert agentrpc.Agent is Agent
+    assert agentrpc.Client is Client
+    assert agentrpc.Member is Member
+    assert agentrpc.__version__ == VERSION
+    for name in agentrpc.__all__:
+        assert getattr(agentrpc, name) is not None
+        assert name in dir(agentrpc)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = agentrpc.no_such_name  # type: ignore[attr-defined]
