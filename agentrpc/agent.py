@@ -9,17 +9,15 @@ connection drains its queued replies under a deadline, then the rest is cancelle
 from __future__ import annotations
 
 import functools
-import ipaddress
 import signal
-import socket
-import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, TextIO
 
 import trio
 
 from . import build_info
+from .admission import AdmissionCounter, Refusal, peer_of
 from .budget import SharedBudget
 from .commands import AgentCommands
 from .config import (
@@ -30,28 +28,42 @@ from .config import (
     load_config,
     tls_config,
 )
-from .gossip.contract import GossipAddress
-from .gossip.memberlist import Memberlist
-from .gossip.transport import MemoryGossipNetwork
-from .logs import DEBUG, WARN, LogHub, LogSubscription, parse_level
-from .membership.gossip_pool import GossipPool
-from .membership.gossip_setup import gossip_transport, pool_specs, start_pool
-from .membership.pool import LocalPool, MembershipPool
-from .protocol.bodies import IPAddress, Member
+from .consul_servers import MEMBERS_WAN_ENDPOINT, SERVER_ROLE, members_wan_endpoint
+from .log_protocol import DEBUG, WARN, describe_failure, parse_level
+from .logs import LogHub, LogSubscription
+from .membership import (
+    GossipAddress,
+    GossipPool,
+    HostResolutionError,
+    LocalPool,
+    Memberlist,
+    MembershipPool,
+    MemoryGossipNetwork,
+    gossip_stream_handler,
+    gossip_transport,
+    pool_specs,
+    resolve_ip,
+    start_pool,
+)
+from .protocol.bodies import Member
 from .rpc_connection import AsyncHandler, EngineLimits, InstantHandler, RPCConnection, RPCStats
 from .serverport.endpoints import Endpoints
 from .serverport.pool import ConnectionPool
 from .serverport.router import RouterLimits
-from .serverport.server import MEMBERS_WAN_ENDPOINT, ServerPort, members_wan_endpoint
+from .serverport.server import ServerPort
 from .transports import (
     DEFAULT_NETWORK,
     Address,
-    AddressError,
     MemoryListener,
     MemoryNetwork,
     open_listeners,
     parse_address,
 )
+
+
+class AgentStartError(Exception):
+    """The agent could not start (an address in use, a bad certificate, a host DNS does not
+    resolve, ...)."""
 
 
 def limits_from(config: AgentConfig) -> EngineLimits:
@@ -67,21 +79,10 @@ def limits_from(config: AgentConfig) -> EngineLimits:
     )
 
 
-def _resolve_ip(host: str) -> IPAddress:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    try:
-        return ipaddress.ip_address(socket.gethostbyname(host))
-    except OSError:
-        return ipaddress.IPv4Address("127.0.0.1")
-
-
 def local_tags(config: AgentConfig) -> dict[str, str]:
     """The tags that say what this agent is (role, datacenter, build, versions, server port)."""
     tags = {
-        "role": "consul" if config.server else "node",
+        "role": SERVER_ROLE if config.server else "node",
         "dc": config.datacenter,
         "build": build_info.BUILD_TAG,
         "vsn": "2",
@@ -94,10 +95,18 @@ def local_tags(config: AgentConfig) -> dict[str, str]:
 
 
 def local_member(config: AgentConfig, *, wan: bool) -> Member:
-    address = parse_address(config.serf_wan_addr if wan else config.serf_lan_addr)
+    """What the agent says of itself in a pool before gossip runs (or without gossip).
+
+    Raises :class:`AgentStartError` when the pool's configured host does not resolve."""
+    text = config.serf_wan_addr if wan else config.serf_lan_addr
+    address = parse_address(text)
+    try:
+        ip = resolve_ip(address.host)
+    except HostResolutionError as exc:
+        raise AgentStartError(f"serf {'WAN' if wan else 'LAN'} address {text}: {exc}") from None
     return Member(
         name=f"{config.node_name}.{config.datacenter}" if wan else config.node_name,
-        addr=_resolve_ip(address.host),
+        addr=ip,
         port=address.port,
         tags=local_tags(config),
         protocol_min=build_info.PROTOCOL_MIN,
@@ -107,10 +116,6 @@ def local_member(config: AgentConfig, *, wan: bool) -> Member:
         delegate_max=build_info.DELEGATE_MAX,
         delegate_cur=build_info.DELEGATE_CUR,
     )
-
-
-class AgentStartError(Exception):
-    """The agent could not start (an address in use, a bad certificate, ...)."""
 
 
 def _os_reason(exc: OSError) -> str:
@@ -132,7 +137,9 @@ class Agent:
         gossip_network: MemoryGossipNetwork | None = None,
     ) -> None:
         """``lan``/``wan``: pools to use instead of gossip (tests); ``gossip_network``: gossip
-        over an in-process network instead of UDP/TCP sockets (tests, simulations)."""
+        over an in-process network instead of UDP/TCP sockets (tests, simulations).
+
+        Raises :class:`AgentStartError` when a configured serf host does not resolve."""
         self.config = config
         self._overrides = dict(overrides or {})
         self._network = network
@@ -153,18 +160,21 @@ class Agent:
         self.send_budget = SharedBudget(config.agent_send_bytes)
         """Queued output bytes of every connection together (agent RPC and server port)."""
         self.limits = limits_from(config)
-        self._commands = AgentCommands(self)
         self.started_at = 0.0
         self.rpc_addresses: list[Address] = []
         self._in_process = MemoryListener("in-process")
         self._connections: set[RPCConnection] = set()
-        self._per_client: dict[str, int] = {}
+        self._admission = AdmissionCounter(
+            max_total=config.max_connections, max_per_client=config.max_connections_per_client
+        )
         self._shutdown_requested = trio.Event()
         self._stopped = trio.Event()
         self.rpc_pool: ConnectionPool | None = None
         self._gossip_stop = trio.Event()
         self.server_port: ServerPort | None = None
         self.server_address: Address | None = None
+        # Built once, last: the table looks the pools up through the agent on every call.
+        self._commands = AgentCommands(self)
 
     # ---------------------------------------------------------------- RPCServices
 
@@ -182,6 +192,12 @@ class Agent:
     @property
     def rpc_token(self) -> str:
         return self.config.rpc_token
+
+    # ---------------------------------------------------------------- CommandHost
+
+    @property
+    def monitor_dropped(self) -> int:
+        return self.hub.monitor_dropped
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -263,8 +279,6 @@ class Agent:
             self._set_server_port_tag(address.port)
         if self._gossip_pools:
             await nursery.start(self._run_gossip)
-        # The command table caches per pool: build it once the pools are final.
-        self._commands = AgentCommands(self)
 
     async def _run_gossip(self, *, task_status: trio.TaskStatus[None]) -> None:
         """Own the gossip pools' tasks: start them, then run until :meth:`_stop_background`."""
@@ -287,7 +301,11 @@ class Agent:
         if self.server_address is not None:
             tags["port"] = str(self.server_address.port)
         transport = gossip_transport(self._gossip_network)
-        for spec in pool_specs(config):
+        try:
+            specs = pool_specs(config)
+        except HostResolutionError as exc:
+            raise AgentStartError(f"serf address: {exc}") from None
+        for spec in specs:
             try:
                 pool, memberlist, bound = await start_pool(
                     nursery, spec, config, tags, self.hub, transport
@@ -306,7 +324,7 @@ class Agent:
                 self.wan = pool
                 if self.server_port is not None:
                     # Byte 6 on the server port carries WAN gossip streams, as the reference.
-                    self.server_port.set_gossip_handler(_gossip_stream_handler(memberlist))
+                    self.server_port.set_gossip_handler(gossip_stream_handler(memberlist))
 
     def _stop_background(self) -> None:
         self._gossip_stop.set()
@@ -376,40 +394,32 @@ class Agent:
         connections.cancel_scope.deadline = trio.current_time() + self.limits.drain_timeout + 1
 
     async def _serve_connection(self, stream: trio.abc.Stream) -> None:
-        peer, client_ip = _peer_of(stream)
-        refusal = self._admit(client_ip)
-        if refusal:
+        peer = peer_of(stream)
+        admission = self._admission
+        refusal = admission.admit(peer.ip)
+        if refusal is not None:
+            if refusal is Refusal.TOTAL:
+                reason = f"the agent already serves {admission.max_total} connections"
+            else:
+                reason = f"{peer.ip} already has {admission.max_per_client} connections"
             self.rpc_stats.refused_connections += 1
-            self.rpc_log.throttled(WARN, "refused", f"refusing connection from {peer}: {refusal}")
+            self.rpc_log.throttled(
+                WARN, "refused", f"refusing connection from {peer.name}: {reason}"
+            )
             await trio.aclose_forcefully(stream)
             return
-        self.rpc_log.throttled(DEBUG, "accepted", f"Accepted client: {peer}")
-        connection = RPCConnection(stream, self, peer)
+        self.rpc_log.throttled(DEBUG, "accepted", f"Accepted client: {peer.name}")
+        connection = RPCConnection(stream, self, peer.name)
         self._connections.add(connection)
-        self._per_client[client_ip] = self._per_client.get(client_ip, 0) + 1
         try:
             await connection.serve()
         except* Exception as group:
             # The engine handles every fault of the peer itself, so this is a bug: log it loudly,
             # but never let one connection take the agent or other connections down.
-            detail = "".join(traceback.format_exception(group)).rstrip()
-            self.rpc_log.error(f"connection from {peer} failed: {detail}")
+            self.rpc_log.error(f"connection from {peer.name} failed: {describe_failure(group)}")
         finally:
             self._connections.discard(connection)
-            remaining = self._per_client[client_ip] - 1
-            if remaining:
-                self._per_client[client_ip] = remaining
-            else:
-                del self._per_client[client_ip]
-
-    def _admit(self, client_ip: str) -> str:
-        """Why a new connection must be refused, or "" to accept it."""
-        config = self.config
-        if len(self._connections) >= config.max_connections:
-            return f"the agent already serves {config.max_connections} connections"
-        if client_ip and self._per_client.get(client_ip, 0) >= config.max_connections_per_client:
-            return f"{client_ip} already has {config.max_connections_per_client} connections"
-        return ""
+            admission.release(peer.ip)
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGINT, signal.SIGTERM) as signals:
@@ -457,9 +467,6 @@ class Agent:
             return message
         changed = changed_settings(old, new)
         needs_restart = [name for name in changed if name not in RELOADABLE]
-        if self.server_port is not None:
-            self.server_port.set_max_conns_per_client(new.rpc_max_conns_per_client)
-            self.server_port.set_send_queue_bytes(new.send_queue_bytes)
         if needs_restart:
             self.log.warn(
                 "these settings changed but take effect only after a restart: "
@@ -467,44 +474,24 @@ class Agent:
             )
             new = replace(new, **{name: getattr(old, name) for name in needs_restart})
         self.config = new
+        # At once (RELOAD_AT_ONCE): rpc_token is read from self.config on every request.
         self.hub.level = parse_level(new.log_level)
         self.hub.set_ring_bytes(new.log_ring_bytes)
         self.send_budget.set_limit(new.agent_send_bytes)
         for pool in (self.lan, self.wan):
             if isinstance(pool, GossipPool):
                 pool.set_max_members(new.gossip_max_members)  # serf's bounds and memberlist's
+        # To what starts next (RELOAD_NEW_CONNECTIONS): connections admitted and opened after
+        # this, on the agent RPC port and the server port; live ones keep their limits.
+        self._admission.max_total = new.max_connections
+        self._admission.max_per_client = new.max_connections_per_client
         self.limits = limits_from(new)
+        if self.server_port is not None:
+            self.server_port.set_max_conns_per_client(new.rpc_max_conns_per_client)
+            self.server_port.set_send_queue_bytes(new.send_queue_bytes)
+            self.server_port.set_max_object_size(new.max_frame_size)
         applied = [name for name in changed if name in RELOADABLE]
         self.log.info(
             "configuration reloaded" + (f" ({', '.join(applied)} changed)" if applied else "")
         )
         return ""
-
-
-def _gossip_stream_handler(
-    memberlist: Memberlist,
-) -> Callable[[trio.abc.Stream, str], Awaitable[None]]:
-    async def serve(stream: trio.abc.Stream, peer: str) -> None:
-        try:
-            address = parse_address(peer)
-            origin = GossipAddress(address.host, address.port)
-        except AddressError:
-            origin = GossipAddress("0.0.0.0", 0)
-        await memberlist.serve_stream(stream, origin)
-
-    return serve
-
-
-def _peer_of(stream: trio.abc.Stream) -> tuple[str, str]:
-    """A printable peer name and the client IP ("" for unix and in-process peers)."""
-    sock = getattr(stream, "socket", None)
-    if sock is None:
-        return "in-process", ""
-    try:
-        peer = sock.getpeername()
-    except OSError:
-        return "unknown", ""
-    if isinstance(peer, tuple):
-        host, port = str(peer[0]), peer[1]
-        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), host
-    return f"unix:{sock.getsockname() or peer or '-'}", ""

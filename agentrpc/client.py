@@ -19,10 +19,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import trio
 
+from .defaults import DEFAULT_RPC_ADDR
 from .protocol.bodies import Member
 from .protocol.codec import READ_SIZE, RequestEncoder, Response, ResponseDecoder, as_text
 from .protocol.constants import (
@@ -49,7 +50,7 @@ from .transports import (
     parse_address,
 )
 
-DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_RPC_PORT}"
+DEFAULT_ADDRESS: Final = DEFAULT_RPC_ADDR
 STREAM_BUFFER = 16384
 """Monitor lines buffered in the client; past that, lines are dropped and counted in
 ``MonitorStream.dropped`` so that a slow consumer never stalls the other calls."""

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from . import defaults
 from .budget import DEFAULT_AGENT_BYTES, DEFAULT_CONNECTION_BYTES
 from .gossip.node_table import DEFAULT_MAX_MEMBERS
 from .gossip.profiles import PROFILES
 from .gossip.security import KeyringError, parse_key
-from .logs import DEFAULT_RING_BYTES, parse_level
+from .log_protocol import parse_level
+from .logs import DEFAULT_RING_BYTES
 from .protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from .serverport.tls import TLSConfig, TLSConfigError
 from .transports import AddressError, parse_address
@@ -38,15 +40,15 @@ class AgentConfig:
     node_name: str = field(default_factory=socket.gethostname)
     datacenter: str = "dc1"
     server: bool = True
-    rpc_addr: str = "127.0.0.1:8400"
-    serf_lan_addr: str = "127.0.0.1:8301"
-    serf_wan_addr: str = "127.0.0.1:8302"
-    server_addr: str = "127.0.0.1:8300"
+    rpc_addr: str = defaults.DEFAULT_RPC_ADDR
+    serf_lan_addr: str = defaults.DEFAULT_SERF_LAN_ADDR
+    serf_wan_addr: str = defaults.DEFAULT_SERF_WAN_ADDR
+    server_addr: str = defaults.DEFAULT_SERVER_ADDR
     log_level: str = "INFO"
     rpc_token: str = ""
-    rpc_max_conns_per_client: int = 100
+    rpc_max_conns_per_client: int = defaults.SERVER_MAX_CONNS_PER_CLIENT
     """Connections at once from one IP on the server port (0: no limit)."""
-    server_first_byte_timeout: float = 5.0
+    server_first_byte_timeout: float = defaults.FIRST_BYTE_TIMEOUT
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
@@ -59,14 +61,14 @@ class AgentConfig:
     reconnect_timeout: float = 86400.0
     tombstone_timeout: float = 86400.0
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-    handshake_timeout: float = 10.0
-    idle_timeout: float = 0.0
-    max_connections: int = 4096
-    max_connections_per_client: int = 256
-    max_inflight: int = 64
-    monitor_queue_size: int = 512
-    send_queue_size: int = 256
-    drain_timeout: float = 2.0
+    handshake_timeout: float = defaults.HANDSHAKE_TIMEOUT
+    idle_timeout: float = defaults.IDLE_TIMEOUT
+    max_connections: int = defaults.MAX_CONNECTIONS
+    max_connections_per_client: int = defaults.MAX_CONNECTIONS_PER_CLIENT
+    max_inflight: int = defaults.MAX_INFLIGHT
+    monitor_queue_size: int = defaults.MONITOR_QUEUE
+    send_queue_size: int = defaults.SEND_QUEUE
+    drain_timeout: float = defaults.DRAIN_TIMEOUT
     send_queue_bytes: int = DEFAULT_CONNECTION_BYTES
     """Bytes one connection (agent RPC, server-port stream) may hold queued to send."""
     agent_send_bytes: int = DEFAULT_AGENT_BYTES
@@ -78,10 +80,20 @@ class AgentConfig:
     config_files: tuple[str, ...] = ()
 
 
-RELOADABLE: Final = frozenset(
+RELOAD_AT_ONCE: Final = frozenset(
     {
         "log_level",
         "rpc_token",
+        "agent_send_bytes",
+        "log_ring_bytes",
+        "gossip_max_members",
+    }
+)
+"""Settings a reload applies at once, to live connections too: the log level and ring, the
+RPC token (checked on every request), the agent-wide byte budget, the gossip member bound."""
+
+RELOAD_NEW_CONNECTIONS: Final = frozenset(
+    {
         "rpc_max_conns_per_client",
         "max_frame_size",
         "handshake_timeout",
@@ -93,12 +105,17 @@ RELOADABLE: Final = frozenset(
         "send_queue_size",
         "drain_timeout",
         "send_queue_bytes",
-        "agent_send_bytes",
-        "log_ring_bytes",
-        "gossip_max_members",
     }
 )
-"""Settings a reload applies at once; others are reported as needing a restart."""
+"""Settings a reload applies to what starts after it: the connection caps to the next
+connection admitted; the per-connection limits (frame size, timeouts, queues, in-flight cap,
+drain time, byte budget) to agent RPC connections and server-port streams opened after it,
+while each live one keeps the limits it started with (the agent's own shutdown drains with
+the newest ``drain_timeout``)."""
+
+RELOADABLE: Final = RELOAD_AT_ONCE | RELOAD_NEW_CONNECTIONS
+"""Settings a reload applies (at once, or to new connections); a change to any other setting
+is reported as needing a restart and the old value is kept."""
 
 _FIELDS: Final = {f.name: f for f in dataclasses.fields(AgentConfig) if f.name != "config_files"}
 _ADDRESS_KEYS: Final = ("rpc_addr", "serf_lan_addr", "serf_wan_addr", "server_addr")

@@ -15,6 +15,7 @@ what is queued, all under a deadline.
 from __future__ import annotations
 
 import enum
+import functools
 import hmac
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,9 +24,11 @@ from typing import Any, Final, Protocol
 
 import trio
 
+from . import defaults
 from .budget import DEFAULT_CONNECTION_BYTES, ConnectionBudget, SharedBudget
-from .logs import DEBUG, WARN, Logger, LogSubscription, clip
-from .protocol import bodies
+from .log_protocol import DEBUG, WARN, clip
+from .logs import Logger, LogSubscription
+from .protocol.bodies import BODY_DECODERS
 from .protocol.codec import READ_SIZE, Request, RequestDecoder, ResponseEncoder, text_bytes
 from .protocol.constants import (
     COMMANDS,
@@ -52,8 +55,11 @@ Reply = tuple[str, Any]
 """A handler's answer: (Error, body or None)."""
 InstantHandler = Callable[[Any], Reply]
 """Answers at once from the request body; runs inline in the reader."""
-AsyncHandler = Callable[["RPCConnection", Request], Awaitable[Reply | None]]
-"""Runs as a task; returns the reply, or None when it has sent its reply itself."""
+ReplyNow = Callable[[str, Any], Awaitable[None]]
+"""Sends the reply (Error, body) of the request being handled before the handler returns
+(``leave`` answers, then shuts the agent down); all an async handler gets of the connection."""
+AsyncHandler = Callable[[Request, ReplyNow], Awaitable[Reply | None]]
+"""Runs as a task; returns the reply, or None when it has sent its reply with ``ReplyNow``."""
 
 _LOG_FRAME_BODY: Final = b"\x81\xa3Log"
 _MONITOR_BATCH: Final = 256
@@ -99,16 +105,16 @@ class EngineLimits:
     """Per-connection limits (all configurable through the agent's config)."""
 
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-    handshake_timeout: float = 10.0
-    idle_timeout: float = 0.0
+    handshake_timeout: float = defaults.HANDSHAKE_TIMEOUT
+    idle_timeout: float = defaults.IDLE_TIMEOUT
     """Close a handshaken connection with nothing in flight after this long (0: never)."""
-    send_queue: int = 256
+    send_queue: int = defaults.SEND_QUEUE
     send_queue_bytes: int = DEFAULT_CONNECTION_BYTES
     """Bytes queued for the writer (beyond what the kernel holds); past it the reader waits."""
-    max_inflight: int = 64
+    max_inflight: int = defaults.MAX_INFLIGHT
     """Commands that wait (join, leave, ...) running at once; past it the reader pushes back."""
-    monitor_queue: int = 512
-    drain_timeout: float = 2.0
+    monitor_queue: int = defaults.MONITOR_QUEUE
+    drain_timeout: float = defaults.DRAIN_TIMEOUT
 
 
 class RPCServices(Protocol):
@@ -147,6 +153,20 @@ def _token_matches(request: Request, token: str) -> bool:
     return sent is not None and hmac.compare_digest(text_bytes(sent), text_bytes(token))
 
 
+def _with_body(request: Request) -> Request:
+    """The request with its body decoded into its command's type (a malformed body raises
+    ProtocolError carrying the Seq and command, so that the refusal can name them)."""
+    command = request.command
+    body_decoder = BODY_DECODERS.get(command)
+    if body_decoder is None:
+        return request
+    try:
+        return Request(command, request.seq, request.token, body_decoder(request.body))
+    except ProtocolError as exc:
+        exc.seq, exc.command = request.seq, command
+        raise
+
+
 class EndReason(enum.Enum):
     EOF = "eof"
     FATAL = "fatal"
@@ -176,6 +196,8 @@ class RPCConnection:
         self._stats = services.rpc_stats
         self._log = services.rpc_log
         self._encoder = ResponseEncoder()
+        self._instant = services.instant_commands
+        self._async = services.async_commands
         self._send, self._receive = trio.open_memory_channel[bytes](self._limits.send_queue)
         self._budget = ConnectionBudget(self._limits.send_queue_bytes, services.send_budget)
         # Seq -> command of the handlers still running (answered with an error at shutdown).
@@ -339,13 +361,9 @@ class RPCConnection:
         return EndReason.FATAL
 
     async def _read_requests(self) -> EndReason:
+        """Read and answer until EOF or a request that ends the connection."""
         stream = self.stream
-        stats = self._stats
-        encoder = self._encoder
-        instant = self._services.instant_commands
-        body_decoders = bodies.BODY_DECODERS
         decoder = RequestDecoder(self._limits.max_frame_size)
-        out: list[bytes] = []
         idle_checks = self._limits.idle_timeout > 0
         while True:
             if idle_checks:
@@ -354,58 +372,65 @@ class RPCConnection:
             if not data:
                 return EndReason.EOF
             decoder.feed(data)
-            count = 0
-            pending = 0
-            token = self._services.rpc_token
-            try:
-                for request in decoder:
-                    count += 1
-                    command = request.command
-                    body_decoder = body_decoders.get(command)
-                    if body_decoder is not None:
-                        try:
-                            request = Request(
-                                command, request.seq, request.token, body_decoder(request.body)
-                            )
-                        except ProtocolError as exc:
-                            exc.seq, exc.command = request.seq, command
-                            raise
-                    frame: bytes | None = None
-                    if self._handshaken:
-                        if token and command != HANDSHAKE and not _token_matches(request, token):
-                            stats.permission_denied += 1
-                            error_body = ERROR_BODIES.get(command)
-                            frame = encoder.response(request.seq, ERR_PERMISSION_DENIED, error_body)
-                        elif command == STOP:
-                            self._stop(request.body)
-                            frame = encoder.header(request.seq)
-                        else:
-                            handler = instant.get(command)
-                            if handler is not None:
-                                error, body = handler(request.body)
-                                frame = encoder.response(request.seq, error, body)
-                    if frame is None:
-                        if not await self._dispatch(request, out):
-                            stats.frames_in += count
-                            await self._flush(out)
-                            return EndReason.FATAL
-                        continue
-                    out.append(frame)
-                    pending += len(frame)
-                    if pending >= FLUSH_BYTES:
-                        # Big replies (stats, members) to a long pipelined batch: hand them
-                        # over now, so the budget can hold this reader back mid-batch, and
-                        # let other connections run (one read can hold ~3,000 requests).
-                        pending = 0
+            if not await self._answer_requests(decoder):
+                return EndReason.FATAL
+
+    async def _answer_requests(self, decoder: RequestDecoder) -> bool:
+        """Answer every whole request in ``decoder``, in order; False: close the connection.
+
+        Answers made at once (:meth:`_answer_at_once`) are batched into one hand-over to the
+        writer; every other request goes to :meth:`_dispatch`. A malformed request raises
+        ProtocolError once the answers before it are handed over."""
+        stats = self._stats
+        out: list[bytes] = []
+        count = 0
+        pending = 0
+        token = self._services.rpc_token
+        try:
+            for request in decoder:
+                count += 1
+                request = _with_body(request)
+                frame = self._answer_at_once(request, token) if self._handshaken else None
+                if frame is None:
+                    if not await self._dispatch(request, out):
+                        stats.frames_in += count
                         await self._flush(out)
-                        await trio.lowlevel.checkpoint()
-            except ProtocolError:
-                stats.frames_in += count
-                await self._flush(out)
-                raise
+                        return False
+                    continue
+                out.append(frame)
+                pending += len(frame)
+                if pending >= FLUSH_BYTES:
+                    # Big replies (stats, members) to a long pipelined batch: hand them over
+                    # now, so the budget can hold this reader back mid-batch, and let other
+                    # connections run (one read can hold ~3,000 requests).
+                    pending = 0
+                    await self._flush(out)
+                    await trio.lowlevel.checkpoint()
+        except ProtocolError:
             stats.frames_in += count
-            if out:
-                await self._flush(out)
+            await self._flush(out)
+            raise
+        stats.frames_in += count
+        await self._flush(out)
+        return True
+
+    def _answer_at_once(self, request: Request, token: str) -> bytes | None:
+        """The reply frame of a request of a handshaken connection that needs no waiting (a
+        refused token, ``stop``, an instant command), or None when it must be dispatched."""
+        command = request.command
+        if token and command != HANDSHAKE and not _token_matches(request, token):
+            self._stats.permission_denied += 1
+            return self._encoder.response(
+                request.seq, ERR_PERMISSION_DENIED, ERROR_BODIES.get(command)
+            )
+        if command == STOP:
+            self._stop(request.body)
+            return self._encoder.header(request.seq)
+        handler = self._instant.get(command)
+        if handler is None:
+            return None
+        error, body = handler(request.body)
+        return self._encoder.response(request.seq, error, body)
 
     async def _flush(self, out: list[bytes]) -> None:
         if out:
@@ -441,7 +466,7 @@ class RPCConnection:
         if command == MONITOR:
             await self._start_monitor(request, out)
             return True
-        handler = self._services.async_commands.get(command)
+        handler = self._async.get(command)
         if handler is None or command not in COMMANDS:
             self._log.throttled(
                 DEBUG,
@@ -471,14 +496,19 @@ class RPCConnection:
         seq = request.seq
         self._running[seq] = request.command
         try:
-            reply = await handler(self, request)
+            reply = await handler(request, functools.partial(self._reply_now, seq))
             if reply is not None:
                 error, body = reply
                 await self.send_reply(seq, error, body)
             # Only now is it answered: cancelled before this, it is answered at shutdown.
-            del self._running[seq]
+            self._running.pop(seq, None)
         finally:
             self._inflight.release()
+
+    async def _reply_now(self, seq: int, error: str, body: Any) -> None:
+        """A handler's :data:`ReplyNow`: answered here, so never again at shutdown."""
+        await self.send_reply(seq, error, body)
+        self._running.pop(seq, None)
 
     # ------------------------------------------------------------------ monitor
 

@@ -20,6 +20,12 @@ import typer
 from ..agent import Agent, AgentStartError
 from ..client import AgentConnectionError, Client, ClientError, RPCError
 from ..config import AgentConfig, ConfigError, load_config
+from ..defaults import (
+    DEFAULT_RPC_ADDR,
+    DEFAULT_SERF_LAN_ADDR,
+    DEFAULT_SERF_WAN_ADDR,
+    DEFAULT_SERVER_ADDR,
+)
 from ..protocol.bodies import Member
 from ..transports import AddressError
 from . import proxy_command
@@ -28,7 +34,6 @@ T = TypeVar("T")
 
 ENV_RPC_ADDR = "AGENTRPC_RPC_ADDR"
 ENV_RPC_TOKEN = "AGENTRPC_RPC_TOKEN"
-DEFAULT_RPC_ADDR = "127.0.0.1:8400"
 
 app = typer.Typer(
     name="agentrpc",
@@ -137,16 +142,24 @@ def serve(
         typer.Option("--server/--client", help="Server or client mode (default server)."),
     ] = None,
     rpc_addr: Annotated[
-        str | None, typer.Option("--rpc-addr", help="RPC listen address (default 127.0.0.1:8400).")
+        str | None,
+        typer.Option("--rpc-addr", help=f"RPC listen address (default {DEFAULT_RPC_ADDR})."),
     ] = None,
     serf_lan_addr: Annotated[
-        str | None, typer.Option("--serf-lan-addr", help="LAN gossip address (default :8301).")
+        str | None,
+        typer.Option(
+            "--serf-lan-addr", help=f"LAN gossip address (default {DEFAULT_SERF_LAN_ADDR})."
+        ),
     ] = None,
     serf_wan_addr: Annotated[
-        str | None, typer.Option("--serf-wan-addr", help="WAN gossip address (default :8302).")
+        str | None,
+        typer.Option(
+            "--serf-wan-addr", help=f"WAN gossip address (default {DEFAULT_SERF_WAN_ADDR})."
+        ),
     ] = None,
     server_addr: Annotated[
-        str | None, typer.Option("--server-addr", help="Server port address (default :8300).")
+        str | None,
+        typer.Option("--server-addr", help=f"Server port address (default {DEFAULT_SERVER_ADDR})."),
     ] = None,
     config_file: Annotated[
         list[Path] | None,
@@ -172,8 +185,8 @@ def serve(
         config: AgentConfig = load_config(config_file or [], overrides)
     except ConfigError as exc:
         fail(f"Error loading configuration: {exc}")
-    agent = Agent(config, overrides=overrides)
     try:
+        agent = Agent(config, overrides=overrides)  # resolves the serf hosts: may fail
         trio.run(lambda: agent.run(handle_signals=True))
     except AgentStartError as exc:
         fail(f"Error starting agent: {exc}")

@@ -11,10 +11,9 @@ from typing import Annotated
 import trio
 import typer
 
+from ..defaults import DEFAULT_SERVER_ADDR, SERVER_PORT
 from ..serverport.proxy import PROTOCOLS, serve_proxy
 from ..transports import AddressError, parse_address
-
-DEFAULT_SERVER_ADDR = "127.0.0.1:8300"
 
 
 def register(app: typer.Typer) -> None:
@@ -43,7 +42,7 @@ def register(app: typer.Typer) -> None:
             )
             raise typer.Exit(1)
         try:
-            server = parse_address(server_addr, default_port=8300)
+            server = parse_address(server_addr, default_port=SERVER_PORT)
             listen = parse_address(listen_addr)
         except AddressError as exc:
             typer.echo(f"Invalid address: {exc}", err=True)

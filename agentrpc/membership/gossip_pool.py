@@ -37,10 +37,10 @@ from ..gossip.serf import (
     SerfMember,
     SerfState,
 )
-from ..logs import clip
+from ..log_protocol import clip
 from ..protocol.bodies import IPAddress, Member
 
-__all__ = ["GossipPool", "join_error_text"]
+__all__ = ["GossipPool", "join_error_text", "member_of"]
 
 
 def join_error_text(errors: Sequence[str]) -> str:
@@ -52,18 +52,25 @@ def join_error_text(errors: Sequence[str]) -> str:
     return f"{len(errors)} error(s) occurred:\n\n{points}"
 
 
-def _ip(addr: bytes) -> IPAddress:
+def _ip(member: SerfMember) -> IPAddress:
     try:
-        return ipaddress.ip_address(addr)
+        return ipaddress.ip_address(member.addr)
     except ValueError:
-        return ipaddress.IPv4Address(0)
+        # Memberlist admits only 4- or 16-byte addresses, so this is a bug, not a peer's doing:
+        # say so rather than list the member at 0.0.0.0.
+        raise ValueError(
+            f"member {clip(member.name)!r} has an address of {len(member.addr)} bytes "
+            "(memberlist admits only 4 or 16)"
+        ) from None
 
 
-def _member(member: SerfMember) -> Member:
+def member_of(member: SerfMember) -> Member:
+    """The agent RPC's :class:`Member` of a serf member; ``ValueError`` when its address is
+    not 4 or 16 bytes (which memberlist never admits)."""
     pmin, pmax, pcur, dmin, dmax, dcur = member.vsn
     return Member(
         name=member.name,
-        addr=_ip(member.addr),
+        addr=_ip(member),
         port=member.port,
         tags=dict(member.tags),
         status=str(member.status),
@@ -133,7 +140,7 @@ class GossipPool:
     def members(self) -> list[Member]:
         """Every member serf knows, in any status (ourselves once memberlist started)."""
         if self._cache_version != self._serf.version:
-            self._cache = [_member(member) for member in self._serf.members()]
+            self._cache = [member_of(member) for member in self._serf.members()]
             self._cache_version = self._serf.version
         return list(self._cache)
 

@@ -2,26 +2,59 @@
 
 Kept apart from the agent so the wiring (which names, tags, profiles, keys and transports go
 where) reads in one place, and so simulations can build pools the same way the agent does.
+Also here: what the agent reads of a running memberlist (:func:`memberlist_stats`), the
+handler that gives it the gossip streams arriving on the server port
+(:func:`gossip_stream_handler`), and the one rule for turning a configured host into the
+address a pool binds and advertises (:func:`resolve_ip`).
+
+Errors: :func:`resolve_ip` (and so :func:`pool_specs`) raises :class:`HostResolutionError`
+naming the host when DNS does not resolve it, never a made-up address; binding errors
+(``OSError``) propagate from :func:`start_pool`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 
 import trio
 
 from ..config import AgentConfig
 from ..gossip.contract import GossipAddress, GossipTransport
-from ..gossip.memberlist import Memberlist, MemberlistConfig
+from ..gossip.memberlist import Memberlist, MemberlistConfig, MemberlistStats
 from ..gossip.profiles import PROFILES
 from ..gossip.security import Keyring, parse_key
 from ..gossip.serf import SerfConfig
 from ..gossip.transport import MemoryGossipNetwork, MemoryGossipTransport, UdpTcpTransport
 from ..logs import LogHub
-from ..transports import parse_address
+from ..protocol.bodies import IPAddress
+from ..transports import AddressError, parse_address
 from .gossip_pool import GossipPool
+
+_MEMBERLIST_COUNTERS: Final = tuple(field.name for field in dataclasses.fields(MemberlistStats))
+
+
+class HostResolutionError(Exception):
+    """A host in the configuration that does not resolve to an IP address."""
+
+
+def resolve_ip(host: str) -> IPAddress:
+    """The IP address of ``host``: itself when it is one, else what DNS says (once, at start).
+
+    Raises :class:`HostResolutionError` naming the host when DNS has no answer."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise HostResolutionError(f"cannot resolve host {host!r}: {reason}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +69,7 @@ class PoolSpec:
 
 def _bind_address(text: str) -> GossipAddress:
     address = parse_address(text)
-    host = address.host
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        host = socket.gethostbyname(host)  # a name in the config: resolved once, at start
-    return GossipAddress(host, address.port)
+    return GossipAddress(str(resolve_ip(address.host)), address.port)
 
 
 def pool_specs(config: AgentConfig) -> list[PoolSpec]:
@@ -135,3 +163,29 @@ async def start_pool(
         hub.logger("memberlist").warn(warning)
     await nursery.start(pool.run)
     return pool, memberlist, bound
+
+
+def memberlist_stats(memberlist: Memberlist) -> dict[str, str]:
+    """A memberlist's counters as the ``stats`` command shows them (``memberlist_lan``/``_wan``),
+    every value a string."""
+    counters = memberlist.stats
+    return {name: str(getattr(counters, name)) for name in _MEMBERLIST_COUNTERS}
+
+
+def gossip_stream_handler(
+    memberlist: Memberlist,
+) -> Callable[[trio.abc.Stream, str], Awaitable[None]]:
+    """The server port's byte-6 handler: hands each gossip stream to ``memberlist``.
+
+    The peer's name becomes the stream's origin address; a peer without one (an in-process
+    stream) is named ``0.0.0.0:0``, which memberlist uses only in its log lines."""
+
+    async def serve(stream: trio.abc.Stream, peer: str) -> None:
+        try:
+            address = parse_address(peer)
+            origin = GossipAddress(address.host, address.port)
+        except AddressError:
+            origin = GossipAddress("0.0.0.0", 0)
+        await memberlist.serve_stream(stream, origin)
+
+    return serve

@@ -27,7 +27,6 @@ and the same router and handlers as a TCP client gets.
 from __future__ import annotations
 
 import inspect
-import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -35,7 +34,16 @@ from typing import Any, Final
 import trio
 
 from ..budget import DEFAULT_CONNECTION_BYTES, ConnectionBudget, SharedBudget
-from ..logs import DEBUG, ERR, PEER_TEXT_LIMIT, WARN, LogLike, clip
+from ..log_protocol import (
+    DEBUG,
+    ERR,
+    PEER_TEXT_LIMIT,
+    WARN,
+    LogLike,
+    clip,
+    describe_failure,
+    first_leaf,
+)
 from ..protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.errors import ProtocolError
 from ..transports import memory_stream_pair
@@ -128,22 +136,6 @@ class RPCServerStats:
     requests: int = 0
     errors: int = 0
     connections: int = 0
-
-
-def first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The first exception at the bottom of a (nested) exception group."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
-def describe_failure(group: BaseExceptionGroup[Any] | BaseException) -> str:
-    """A bug report for a log line: the first leaf's type, its text cut by :func:`clip` (it
-    may quote what a peer sent) and where it was raised (our code, never the peer's)."""
-    exc = first_leaf(group) if isinstance(group, BaseExceptionGroup) else group
-    where = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
-    return f"{type(exc).__name__}: {clip(exc)}\n{where}"
 
 
 class RPCServer:

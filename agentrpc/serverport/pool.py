@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import trio
 
-from ..logs import DEBUG, LogLike, NullLog, clip
+from ..log_protocol import DEBUG, LogLike, NullLog, clip
 from ..protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from ..transports import DEFAULT_NETWORK, Address, MemoryNetwork, connect, parse_address
 from .endpoints import STATUS_PING, CallTimeout, RemoteError, RPCCallError, call_on_stream

@@ -13,9 +13,8 @@ from typing import Final
 
 import trio
 
-from ..logs import DEBUG, ERR, WARN, LogLike, NullLog, clip
+from ..log_protocol import DEBUG, ERR, WARN, LogLike, NullLog, clip, describe_failure
 from ..transports import DEFAULT_NETWORK, Address, MemoryNetwork, connect, open_listeners
-from .endpoints import describe_failure
 from .rpc_codec import RPCType
 
 PROTOCOLS: Final[dict[str, RPCType]] = {

@@ -32,18 +32,20 @@ from typing import Any, Final
 
 import trio
 
+from .. import defaults
+from ..admission import AdmissionCounter, peer_of
 from ..budget import DEFAULT_CONNECTION_BYTES, SharedBudget
-from ..logs import DEBUG, ERR, WARN, LogLike, clip
+from ..log_protocol import DEBUG, ERR, WARN, LogLike, clip, describe_failure, first_leaf
 from ..protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.errors import ProtocolError
-from .endpoints import RPCServer, call_in_process, describe_failure, first_leaf
+from .endpoints import RPCServer, call_in_process
 from .rpc_codec import DEFAULT_SERVER_PORT, RPCType
 from .tls import TLSConfig, wrap_server
 from .yamux import YamuxError
 from .yamux_session import YamuxConfig, YamuxSession
 
-DEFAULT_FIRST_BYTE_TIMEOUT: Final = 5.0
-DEFAULT_MAX_CONNS_PER_CLIENT: Final = 100
+DEFAULT_FIRST_BYTE_TIMEOUT: Final = defaults.FIRST_BYTE_TIMEOUT
+DEFAULT_MAX_CONNS_PER_CLIENT: Final = defaults.SERVER_MAX_CONNS_PER_CLIENT
 
 ERR_UNRECOGNIZED_BYTE: Final = "unrecognized RPC byte"
 ERR_NON_TLS: Final = "Non-TLS connection attempted with VerifyIncoming set"
@@ -135,22 +137,6 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         await self.stream.aclose()
 
 
-def peer_of(stream: trio.abc.Stream) -> tuple[str | None, str]:
-    """(IP address or None, printable peer) of a socket stream; memory streams have no IP."""
-    sock: Any = getattr(stream, "socket", None)
-    if sock is None:
-        return None, "in-process"
-    try:
-        address = sock.getpeername()
-    except OSError:
-        return None, "unknown"
-    if isinstance(address, tuple):
-        host = str(address[0])
-        name = f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-        return host, name
-    return None, f"unix:{address or '-'}"
-
-
 class Router:
     """Routes connections by their first byte; see the module docstring for the table."""
 
@@ -175,8 +161,7 @@ class Router:
         if tls is not None and tls.can_serve:
             self._tls_context = tls.server_context(verify_client=tls.verify_incoming)
             self._tls_insecure_context = tls.server_context(verify_client=False)
-        self._max_per_client = limits.max_conns_per_client
-        self._per_client: dict[str, int] = {}
+        self._admission = AdmissionCounter(max_per_client=limits.max_conns_per_client)
         self._gossip = gossip_handler
         self.send_budget = send_budget
         """The agent-wide byte budget that yamux sessions draw on (None: per session only)."""
@@ -207,16 +192,16 @@ class Router:
 
     @property
     def max_conns_per_client(self) -> int:
-        return self._max_per_client
+        return self._admission.max_per_client
 
     def set_max_conns_per_client(self, limit: int) -> None:
         """Change the per-IP cap (a config reload); applies to new connections, 0 = none."""
         if limit < 0:
             raise ValueError("max_conns_per_client must be >= 0")
-        self._max_per_client = limit
+        self._admission.max_per_client = limit
 
     def connections_from(self, ip: str) -> int:
-        return self._per_client.get(ip, 0)
+        return self._admission.connections_from(ip)
 
     def close_sessions(self) -> None:
         """Go away and close every yamux session (server shutdown)."""
@@ -227,27 +212,18 @@ class Router:
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """Serve one accepted connection until it ends; closes it; never raises."""
-        ip, peer = peer_of(stream)
-        if ip is not None:
-            count = self._per_client.get(ip, 0)
-            limit = self._max_per_client
-            if limit and count >= limit:
-                self.stats.rejected_conn_limit += 1
-                self._log.throttled(
-                    ERR, "server-port:conn-limit", f"{ERR_CONN_LIMIT}: conn=from={peer}"
-                )
-                await trio.aclose_forcefully(stream)
-                return
-            self._per_client[ip] = count + 1
+        peer = peer_of(stream)
+        if self._admission.admit(peer.ip) is not None:
+            self.stats.rejected_conn_limit += 1
+            self._log.throttled(
+                ERR, "server-port:conn-limit", f"{ERR_CONN_LIMIT}: conn=from={peer.name}"
+            )
+            await trio.aclose_forcefully(stream)
+            return
         try:
-            await self._serve(stream, _Context(peer))
+            await self._serve(stream, _Context(peer.name))
         finally:
-            if ip is not None:
-                left = self._per_client[ip] - 1
-                if left:
-                    self._per_client[ip] = left
-                else:
-                    del self._per_client[ip]
+            self._admission.release(peer.ip)
 
     async def handle_local(self, stream: trio.abc.Stream) -> None:
         """Serve an in-process connection (memory stream): the same routing, without the
@@ -469,5 +445,4 @@ __all__ = [
     "Router",
     "RouterLimits",
     "RouterStats",
-    "peer_of",
 ]

@@ -26,6 +26,7 @@ import enum
 from collections.abc import Callable, Iterator
 from typing import Any, Final, NamedTuple
 
+from ..defaults import SERVER_PORT
 from ..protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from ..protocol.errors import FrameTooLarge, ProtocolError
 from ..protocol.msgpack_wire import (
@@ -57,7 +58,7 @@ class RPCType(enum.IntEnum):
     GRPC = 8
 
 
-DEFAULT_SERVER_PORT: Final = 8300
+DEFAULT_SERVER_PORT: Final = SERVER_PORT
 """The reference's server port (``ports.server``)."""
 
 MAX_SEQ: Final = MAX_UINT64

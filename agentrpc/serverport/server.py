@@ -1,10 +1,10 @@
-"""The server port: one listener, the first-byte router, the RPC endpoints; and what a
-client-mode agent needs to ask a server over it (``members-wan`` forwarding).
+"""The server port: one listener, the first-byte router, the RPC endpoints.
 
-Wiring, for the agent::
+A generic engine: which endpoints it serves is the caller's business (the agent registers
+Consul's in :mod:`agentrpc.consul_servers`). Wiring, for the agent::
 
     endpoints = Endpoints()                         # Status.Ping included
-    endpoints.register(MEMBERS_WAN_ENDPOINT, members_wan_endpoint(agent.wan.members))
+    endpoints.register(name, handler)               # the agent's endpoints
     port = ServerPort(config.server_addr, endpoints, tls, hub.logger("agent.server.rpc"),
                       RouterLimits(send_queue_bytes=config.send_queue_bytes),
                       send_budget=agent.send_budget)   # the agent-wide byte budget
@@ -13,31 +13,33 @@ Wiring, for the agent::
     ...
     port.set_max_conns_per_client(n)                # on reload
     port.set_send_queue_bytes(config.send_queue_bytes)  # on reload (new streams)
+    port.set_max_object_size(config.max_frame_size)     # on reload (new streams)
     port.shutdown()                                 # run() returns once connections drained
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import trio
 
 from ..budget import SharedBudget
-from ..logs import DEBUG, WARN, LogLike, NullLog, clip
-from ..protocol.bodies import Member
-from ..transports import DEFAULT_NETWORK, Address, AddressError, MemoryNetwork, open_listeners
-from ..transports import parse_address as _parse
-from .endpoints import Endpoints, Handler, RemoteError, RPCCallError, RPCServer
-from .pool import ConnectionPool
+from ..defaults import DRAIN_TIMEOUT
+from ..log_protocol import LogLike
+from ..transports import (
+    DEFAULT_NETWORK,
+    Address,
+    MemoryNetwork,
+    open_listeners,
+    parse_address as _parse,
+)
+from .endpoints import Endpoints, RPCServer
 from .router import GossipStreamHandler, Router, RouterLimits
 from .rpc_codec import DEFAULT_SERVER_PORT
 from .tls import TLSConfig
 
-MEMBERS_WAN_ENDPOINT: Final = "Agent.MembersWAN"
-"""Body ``{}`` in; ``{"Members": [Member wire dicts]}`` out (the agent RPC's members body)."""
-DEFAULT_DRAIN_TIMEOUT: Final = 2.0
+DEFAULT_DRAIN_TIMEOUT: Final = DRAIN_TIMEOUT
 
 
 class ServerPort:
@@ -135,72 +137,19 @@ class ServerPort:
             raise ValueError("send_queue_bytes must be positive")
         self.rpc.send_queue_bytes = limit
 
+    def set_max_object_size(self, limit: int) -> None:
+        """Change the largest msgpack object of a byte-0 request (``reload`` of
+        ``max_frame_size``); applies to streams opened after it."""
+        if limit < 1:
+            raise ValueError("max_object_size must be positive")
+        self.rpc.max_object_size = limit
+
     def set_gossip_handler(self, handler: GossipStreamHandler | None) -> None:
         self.router.set_gossip_handler(handler)
-
-
-# ---------------------------------------------------------------------- members-wan
-
-
-def members_wan_endpoint(source: Callable[[], Iterable[Member]]) -> Handler:
-    """The server's ``Agent.MembersWAN`` endpoint over a source of members (the WAN pool)."""
-
-    def members_wan(_body: Any) -> dict[str, Any]:
-        return {"Members": [member.to_wire() for member in source()]}
-
-    return members_wan
-
-
-def server_addresses(members: Iterable[Member]) -> list[str]:
-    """Server ports of the live servers among LAN members (tags ``role=consul``, ``port``)."""
-    found: list[str] = []
-    for member in members:
-        tags = member.tags
-        port = tags.get("port", "")
-        if member.status != "alive" or tags.get("role") != "consul" or not port.isdigit():
-            continue
-        host = str(member.addr)
-        found.append(f"[{host}]:{port}" if member.addr.version == 6 else f"{host}:{port}")
-    return found
-
-
-async def forward_members_wan(
-    pool: ConnectionPool, servers: Iterable[str | Address], *, logger: LogLike | None = None
-) -> list[dict[str, Any]] | None:
-    """Ask the servers, in order, for their WAN members; the first good answer wins.
-
-    Returns the Member wire dicts (as :meth:`Member.to_wire` makes them), or None when no
-    server answered (a client-mode agent then answers ``members-wan`` with an empty list).
-    """
-    log: LogLike = logger or NullLog()
-    for server in servers:
-        try:
-            reply = await pool.call(server, MEMBERS_WAN_ENDPOINT, {})
-        except (RPCCallError, RemoteError, AddressError) as exc:
-            log.throttled(
-                DEBUG,
-                "server-port:members-wan-no-answer",
-                f"members-wan: server {server} did not answer: {clip(exc)}",
-            )
-            continue
-        members = reply.get("Members") if isinstance(reply, dict) else None
-        if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
-            log.throttled(
-                WARN,
-                "server-port:members-wan-malformed",
-                f"members-wan: server {server} sent a malformed reply",
-            )
-            continue
-        return members
-    return None
 
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
     "DEFAULT_SERVER_PORT",
-    "MEMBERS_WAN_ENDPOINT",
     "ServerPort",
-    "forward_members_wan",
-    "members_wan_endpoint",
-    "server_addresses",
 ]

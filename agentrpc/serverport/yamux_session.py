@@ -29,7 +29,7 @@ from typing import Final
 import trio
 
 from ..budget import ConnectionBudget, SharedBudget
-from ..logs import DEBUG, ERR, WARN, LogLike, NullLog, clip
+from ..log_protocol import DEBUG, ERR, WARN, LogLike, NullLog, clip
 from .yamux import (
     DEFAULT_ACCEPT_BACKLOG,
     INITIAL_WINDOW,

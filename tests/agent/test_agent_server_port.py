@@ -9,18 +9,12 @@ from pathlib import Path
 
 import msgpack
 import trio
-from rpc_helpers import running_agent
+from rpc_helpers import client_for, running_agent
 
-from agentrpc import Client
-from agentrpc.agent import Agent
 from agentrpc.gossip.messages import AckResp, Ping
 from agentrpc.gossip.stream import StreamEncoder, StreamReader
 from agentrpc.membership.pool import LocalPool
 from agentrpc.protocol.bodies import Member
-
-
-def client_for(agent: Agent) -> Client:
-    return Client(agent.rpc_addresses[0], network=agent._network)
 
 
 async def test_server_port_answers_status_ping_over_byte_0() -> None:
@@ -95,8 +89,7 @@ async def test_client_agent_falls_back_to_an_empty_list_and_says_so() -> None:
         client_for(agent) as client,
     ):
         assert await client.members_wan() == []
-        lines = [line for _, line in agent.hub._ring]
-        assert any("members-wan: no server answered" in line for line in lines)
+        assert any("members-wan: no server answered" in line for line in agent.hub.lines())
 
 
 async def test_reload_changes_the_server_port_per_ip_cap(tmp_path: Path) -> None:
@@ -106,7 +99,7 @@ async def test_reload_changes_the_server_port_per_ip_cap(tmp_path: Path) -> None
         assert agent.server_port is not None
         config.write_text(json.dumps({"rpc_max_conns_per_client": 7}))
         await client.reload()
-        assert agent.server_port.router._max_per_client == 7
+        assert agent.server_port.router.max_conns_per_client == 7
 
 
 async def test_byte_6_on_the_server_port_reaches_the_wan_gossip_pool() -> None:

@@ -7,15 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
-from rpc_helpers import running_agent
+from rpc_helpers import client_for, running_agent
 
-from agentrpc import Client
 from agentrpc.agent import Agent
 from agentrpc.gossip.transport import MemoryGossipNetwork
-
-
-def client_for(agent: Agent) -> Client:
-    return Client(agent.rpc_addresses[0], network=agent._network)
 
 
 async def statuses(agent: Agent, *, wan: bool = False) -> dict[str, str]:

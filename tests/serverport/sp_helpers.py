@@ -17,7 +17,10 @@ import trustme
 
 from agentrpc.budget import SharedBudget
 from agentrpc.logs import TRACE, Logger, LogHub
-from agentrpc.serverport import Endpoints, GossipStreamHandler, RouterLimits, ServerPort, TLSConfig
+from agentrpc.serverport.endpoints import Endpoints
+from agentrpc.serverport.router import GossipStreamHandler, RouterLimits
+from agentrpc.serverport.server import ServerPort
+from agentrpc.serverport.tls import TLSConfig
 from agentrpc.transports import Address
 
 # ------------------------------------------------------------------------- hand-built bytes

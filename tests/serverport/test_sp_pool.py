@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from agentrpc.transports import Address
 from sp_helpers import (
     ACK,
     DATA,
@@ -25,21 +26,21 @@ from sp_helpers import (
     running_port,
 )
 
-from agentrpc.protocol.bodies import Member
-from agentrpc.serverport import (
+from agentrpc.consul_servers import (
     MEMBERS_WAN_ENDPOINT,
+    forward_members_wan,
+    members_wan_endpoint,
+    server_addresses,
+)
+from agentrpc.protocol.bodies import Member
+from agentrpc.serverport.endpoints import (
     CallTimeout,
-    ConnectionPool,
     EndpointError,
     Endpoints,
     RemoteError,
     RPCCallError,
-    forward_members_wan,
-    members_wan_endpoint,
-    open_connection_pool,
-    server_addresses,
 )
-from agentrpc.transports import Address
+from agentrpc.serverport.pool import ConnectionPool, open_connection_pool
 
 
 async def fake_server(

@@ -28,17 +28,11 @@ from sp_helpers import (
     tcp,
 )
 
-from agentrpc.serverport import (
-    EndpointError,
-    Endpoints,
-    RemoteError,
-    RouterLimits,
-    RPCType,
-    ServerPort,
-    YamuxConfig,
-    YamuxSession,
-    call_on_stream,
-)
+from agentrpc.serverport.endpoints import EndpointError, Endpoints, RemoteError, call_on_stream
+from agentrpc.serverport.router import RouterLimits
+from agentrpc.serverport.rpc_codec import RPCType
+from agentrpc.serverport.server import ServerPort
+from agentrpc.serverport.yamux_session import YamuxConfig, YamuxSession
 
 PING_REQUEST = request_bytes("Status.Ping", 1)
 PING_RESPONSE = response_bytes("Status.Ping", 1)

@@ -8,13 +8,19 @@ import msgpack
 import pytest
 import trio
 import trio.testing
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from agentrpc.transports import memory_stream_pair
+from hypothesis import given, settings, strategies as st
 from sp_helpers import LogCapture, read_exactly, request_bytes, response_bytes
 
 from agentrpc.protocol.errors import FrameTooLarge, ProtocolError
-from agentrpc.serverport import EndpointError, Endpoints, RPCServer, call_on_stream
-from agentrpc.serverport.endpoints import RemoteError, RPCCallError
+from agentrpc.serverport.endpoints import (
+    EndpointError,
+    Endpoints,
+    RemoteError,
+    RPCCallError,
+    RPCServer,
+    call_on_stream,
+)
 from agentrpc.serverport.rpc_codec import (
     MAX_SEQ,
     RequestDecoder,
@@ -25,7 +31,6 @@ from agentrpc.serverport.rpc_codec import (
     encode_response,
     lookup_error,
 )
-from agentrpc.transports import memory_stream_pair
 
 # ----------------------------------------------------------------------------- encoding
 

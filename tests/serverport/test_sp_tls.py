@@ -20,17 +20,10 @@ from sp_helpers import (
     tcp,
 )
 
-from agentrpc.serverport import (
-    Endpoints,
-    RemoteError,
-    RPCCallError,
-    TLSConfig,
-    TLSConfigError,
-    YamuxConfig,
-    YamuxSession,
-    call_on_stream,
-    open_connection_pool,
-)
+from agentrpc.serverport.endpoints import Endpoints, RemoteError, RPCCallError, call_on_stream
+from agentrpc.serverport.pool import open_connection_pool
+from agentrpc.serverport.tls import TLSConfig, TLSConfigError
+from agentrpc.serverport.yamux_session import YamuxConfig, YamuxSession
 from agentrpc.transports import Address
 
 PING_REQUEST = request_bytes("Status.Ping", 1)
