@@ -6,6 +6,7 @@ import io
 import itertools
 import os
 import tempfile
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,14 +15,17 @@ import msgpack
 import trio
 
 from agentrpc.agent import Agent
+from agentrpc.client import Client
 from agentrpc.config import load_config
 from agentrpc.gossip.transport import MemoryGossipNetwork
 from agentrpc.membership.pool import MembershipPool
 from agentrpc.protocol.codec import Response, ResponseDecoder
-from agentrpc.transports import Address, MemoryNetwork, connect
+from agentrpc.transports import DEFAULT_NETWORK, Address, MemoryNetwork, connect
 
 TRANSPORTS = ("tcp", "unix", "memory")
 _names = itertools.count()
+_networks: weakref.WeakKeyDictionary[Agent, MemoryNetwork] = weakref.WeakKeyDictionary()
+"""The ``memory://`` network each agent of :func:`running_agent` listens on."""
 
 
 def rpc_addr_for(transport: str) -> str:
@@ -44,7 +48,9 @@ async def running_agent(
     **settings: Any,
 ) -> AsyncIterator[Agent]:
     """An agent serving on ``transport``, shut down (and awaited) on exit. Its gossip runs
-    over an in-process network (a fresh one unless ``gossip_network`` is shared)."""
+    over an in-process network (a fresh one unless ``gossip_network`` is shared); a
+    ``memory://`` RPC address lives on ``network`` (the process-wide one by default), which
+    :func:`memory_network_of` gives back."""
     overrides: dict[str, Any] = {
         "node_name": "node1",
         "rpc_addr": rpc_addr_for(transport),
@@ -55,16 +61,32 @@ async def running_agent(
         **settings,
     }
     config = load_config(files, overrides)
-    kwargs: dict[str, Any] = {"gossip_network": gossip_network or MemoryGossipNetwork()}
-    if network is not None:
-        kwargs["network"] = network
-    agent = Agent(config, overrides=overrides, log_sink=io.StringIO(), lan=lan, **kwargs)
+    network = DEFAULT_NETWORK if network is None else network
+    agent = Agent(
+        config,
+        overrides=overrides,
+        log_sink=io.StringIO(),
+        lan=lan,
+        network=network,
+        gossip_network=gossip_network or MemoryGossipNetwork(),
+    )
+    _networks[agent] = network
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
         try:
             yield agent
         finally:
             agent.shutdown()
+
+
+def memory_network_of(agent: Agent) -> MemoryNetwork:
+    """The network a ``memory://`` address of ``agent`` (from :func:`running_agent`) is on."""
+    return _networks[agent]
+
+
+def client_for(agent: Agent, *, token: str = "") -> Client:
+    """A :class:`Client` for ``agent``'s first RPC address, whatever its transport."""
+    return Client(agent.rpc_addresses[0], network=memory_network_of(agent), token=token)
 
 
 class RawConnection:
@@ -75,12 +97,13 @@ class RawConnection:
         self.decoder = ResponseDecoder()
         self.raw = bytearray()
         self.seq = 0
+        self._leftover: list[Response] = []
 
     @classmethod
     async def open(cls, agent: Agent) -> RawConnection:
         address: Address = agent.rpc_addresses[0]
         if address.kind == "memory":
-            return cls(await connect(address, network=agent._network))
+            return cls(await connect(address, network=memory_network_of(agent)))
         return cls(await connect(address))
 
     async def send_objects(self, *objects: Any) -> None:
@@ -127,8 +150,8 @@ class RawConnection:
         return responses[:count]
 
     def _pending(self) -> list[Response]:
-        pending = getattr(self, "_leftover", [])
-        self._leftover: list[Response] = []
+        pending = self._leftover
+        self._leftover = []
         return pending
 
     async def read_until_eof(self) -> list[Response]:

@@ -8,16 +8,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from rpc_helpers import running_agent
+from rpc_helpers import client_for, running_agent
 
 from agentrpc import Client
-from agentrpc.agent import Agent
 from agentrpc.client import AgentConnectionError, JoinError, RPCError
-
-
-def client_for(agent: Agent) -> Client:
-    address = agent.rpc_addresses[0]
-    return Client(address, network=agent._network)
 
 
 async def test_commands_give_typed_results(transport: str) -> None:

@@ -6,19 +6,14 @@ import ipaddress
 
 import msgpack
 import trio
-from rpc_helpers import running_agent
+from rpc_helpers import client_for, running_agent
 
 from agentrpc import Client
-from agentrpc.agent import Agent
 from agentrpc.protocol.codec import text_bytes
 from agentrpc.transports import memory_stream_pair
 
 NAME = b"n\xff\xfe-one"
 NAME_TEXT = NAME.decode("utf-8", "surrogateescape")
-
-
-def client_for(agent: Agent) -> Client:
-    return Client(agent.rpc_addresses[0], network=agent._network)
 
 
 async def test_a_non_utf8_node_name_through_the_client(transport: str) -> None:

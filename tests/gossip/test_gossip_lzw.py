@@ -8,8 +8,7 @@ import random
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from agentrpc.gossip import lzw
 from agentrpc.gossip.messages import MAX_DECOMPRESSED_BYTES, Compress, decode_body

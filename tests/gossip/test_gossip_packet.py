@@ -10,8 +10,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from agentrpc.gossip import lzw
 from agentrpc.gossip.messages import (

@@ -8,8 +8,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from agentrpc.gossip.messages import GossipDecodeError, GossipEncodeError
 from agentrpc.gossip.serf_messages import (

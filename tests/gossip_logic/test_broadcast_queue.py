@@ -7,8 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from agentrpc.gossip.broadcast_queue import Broadcast, BroadcastQueue
 

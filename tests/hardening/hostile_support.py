@@ -45,10 +45,12 @@ from agentrpc.gossip.node_table import DEFAULT_MAX_MEMBERS
 from agentrpc.gossip.packet import make_compound
 from agentrpc.gossip.serf_messages import encode_tags
 from agentrpc.gossip.stream import StreamEncoder
-from agentrpc.protocol.codec import RequestEncoder
-from agentrpc.protocol.codec import ResponseDecoder as RPCResponseDecoder
-from agentrpc.serverport.rpc_codec import ResponseDecoder as ServerResponseDecoder
-from agentrpc.serverport.rpc_codec import RPCType, encode_request
+from agentrpc.protocol.codec import RequestEncoder, ResponseDecoder as RPCResponseDecoder
+from agentrpc.serverport.rpc_codec import (
+    ResponseDecoder as ServerResponseDecoder,
+    RPCType,
+    encode_request,
+)
 
 MB = 1_000_000
 THIS_FILE = Path(__file__).resolve()

@@ -250,7 +250,7 @@ async def test_a_push_pull_declaring_more_nodes_than_the_cap_is_refused_from_its
         assert len(memberlist.table) == 1
         # The cap follows set_max_members: at 200,000 the same header would be read on.
         memberlist.set_max_members(200_000)
-        reader = memberlist._new_reader()
+        reader = memberlist.new_stream_reader()
         reader.feed(start)
         assert reader.next_message() is None  # waiting for the other 149,990 states
         agent.shutdown()
@@ -276,7 +276,7 @@ async def test_inbound_streams_together_hold_at_most_the_stream_budget(
             stream = await trio.open_tcp_stream(lan.host, lan.port)
             await stream.send_all(part)
             stalled.append(stream)
-        await poll_until(lambda: memberlist._inbound_bytes >= 2 * len(part))
+        await poll_until(lambda: memberlist.inbound_stream_bytes >= 2 * len(part))
         refused = await exchange(lan.host, lan.port, part)
         reader = StreamReader()
         reader.feed(refused)
@@ -284,10 +284,10 @@ async def test_inbound_streams_together_hold_at_most_the_stream_budget(
         assert isinstance(message, ErrResp)
         assert "try again later" in message.error
         assert memberlist.stats.streams_over_budget == 1
-        assert memberlist._inbound_bytes <= 256 * 1024
+        assert memberlist.inbound_stream_bytes <= 256 * 1024
         for stream in stalled:
             await stream.aclose()
-        await poll_until(lambda: memberlist._inbound_bytes == 0)
+        await poll_until(lambda: memberlist.inbound_stream_bytes == 0)
         # With the budget free again, a whole (small) push/pull is served.
         reply = await exchange(lan.host, lan.port, push_pull([push_state("ok", 1)]))
         reader = StreamReader()

@@ -7,17 +7,12 @@ import contextlib
 from contextlib import AbstractAsyncContextManager
 
 import trio
-from rpc_helpers import running_agent
+from rpc_helpers import client_for, running_agent
 
-from agentrpc import Client
 from agentrpc.agent import Agent
 from agentrpc.client import ClientError, JoinError
 from agentrpc.gossip.contract import GossipAddress
 from agentrpc.gossip.transport import MemoryGossipNetwork, MemoryGossipTransport
-
-
-def client_for(agent: Agent) -> Client:
-    return Client(agent.rpc_addresses[0], network=agent._network)
 
 
 async def test_join_to_a_peer_that_never_answers_times_out(autojump_clock: trio.abc.Clock) -> None:

@@ -3,6 +3,7 @@ well-behaved client on the same agent still answered."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import tracemalloc
 
@@ -12,6 +13,7 @@ import trio
 from rpc_helpers import RawConnection, poll_until, running_agent
 
 from agentrpc.agent import Agent
+from agentrpc.logs import TRACE
 
 
 async def assert_healthy(agent: Agent) -> None:
@@ -113,24 +115,52 @@ async def test_a_client_that_pipelines_without_reading_meets_backpressure() -> N
 
 async def test_a_stalled_monitor_at_warn_does_not_start_a_log_storm() -> None:
     """The reference's failure: a WARN-level monitor that stops reading made every drop log a
-    WARN line, which fed the same full queue. Here drops are only counted."""
-    async with running_agent("tcp", monitor_queue_size=16) as agent:
-        stalled = await RawConnection.open(agent)
-        await stalled.handshake()
-        await stalled.request("monitor", {"LogLevel": "warn"})
-        log = agent.hub.logger("load")
-        for _ in range(20):
-            for i in range(5000):
-                log.warn(f"warning {i}")
-            await trio.sleep(0.01)
-        ring_before = len(agent.hub._ring)
-        dropped = agent.hub.monitor_dropped
-        assert dropped > 50_000
-        await trio.sleep(0.5)  # the agent is now idle: nothing more is logged or dropped
-        assert agent.hub.monitor_dropped == dropped
-        assert len(agent.hub._ring) == ring_before
-        assert not any("drop" in line.lower() for _, line in agent.hub._ring)
+    WARN line, which fed the same full queue. Here drops are only counted, and once the flood
+    ends nothing more is logged or dropped. No clock: the checks follow round trips."""
+    with trio.fail_after(60):  # a storm must fail the test, not hang it
+        async with running_agent("tcp", monitor_queue_size=16) as agent:
+            await _flood_a_stalled_monitor(agent)
+
+
+async def _flood_a_stalled_monitor(agent: Agent) -> None:
+    stalled = await RawConnection.open(agent)
+    await stalled.handshake()
+    await stalled.request("monitor", {"LogLevel": "warn"})
+    other = await RawConnection.open(agent)
+    await other.handshake()
+    log = agent.hub.logger("load")
+    # Big lines, one per round trip, until the socket buffers are full and the monitor's
+    # queue with them: the first drop says so (an agent that moved lines would queue this one).
+    for _ in range(5000):
+        log.warn("x" * 8000)
+        assert (await other.call("members-lan", reply_body=True)).error == ""
+        if agent.hub.monitor_dropped:
+            break
+    assert agent.hub.monitor_dropped == 1
+    for _ in range(20):
+        for i in range(5000):
+            log.warn(f"warning {i}")
+        # The agent runs between the batches (and answers others at once).
+        assert (await other.call("members-lan", reply_body=True)).error == ""
+    dropped = agent.hub.monitor_dropped
+    assert dropped > 50_000
+    assert not any("drop" in line.lower() for line in agent.hub.lines())
+    # The stalled queue stays full, so any WARN line from now on is dropped and counted; the
+    # spy gets every line of any level. Round trips on new connections let every task of the
+    # agent run many times: a self-feeding storm would log or drop meanwhile.
+    spy = agent.hub.subscribe(TRACE, queue_size=10_000)
+    for _ in range(3):
         await assert_healthy(agent)
+    log.debug("end of the quiet part")  # below WARN: the stalled monitor is not offered it
+    logged: list[str] = []
+    with contextlib.suppress(trio.WouldBlock):
+        while True:
+            logged.append(spy.lines.receive_nowait())
+    spy.close()
+    assert logged[-1].endswith("[DEBUG] load: end of the quiet part")  # the spy saw it all
+    assert agent.hub.monitor_dropped == dropped
+    assert not any("drop" in line.lower() for line in logged)
+    assert not any("[WARN]" in line or "[ERR]" in line for line in logged)
 
 
 async def test_connection_flood_is_capped_and_logged_once() -> None:
@@ -139,7 +169,7 @@ async def test_connection_flood_is_capped_and_logged_once() -> None:
         for _ in range(60):
             conns.append(await RawConnection.open(agent))
         await poll_until(lambda: agent.rpc_stats.refused_connections >= 40)
-        refusals = [line for _, line in agent.hub._ring if "refusing connection" in line]
+        refusals = [line for line in agent.hub.lines() if "refusing connection" in line]
         assert len(refusals) == 1
         for conn in conns:
             await conn.aclose()

@@ -36,15 +36,11 @@ from serverport.sp_helpers import (
 
 from agentrpc.budget import DEFAULT_AGENT_BYTES, DEFAULT_CONNECTION_BYTES, SharedBudget
 from agentrpc.logs import PEER_TEXT_LIMIT
-from agentrpc.serverport import (
-    Endpoints,
-    RouterLimits,
-    ServerPort,
-    TLSConfig,
-    YamuxConfig,
-    call_on_stream,
-)
-from agentrpc.serverport.yamux_session import SEND_CHUNK
+from agentrpc.serverport.endpoints import Endpoints, call_on_stream
+from agentrpc.serverport.router import RouterLimits
+from agentrpc.serverport.server import ServerPort
+from agentrpc.serverport.tls import TLSConfig
+from agentrpc.serverport.yamux_session import SEND_CHUNK, YamuxConfig
 
 ENTRY = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[", re.MULTILINE)
 BIG_REPLY = 256 * 1024

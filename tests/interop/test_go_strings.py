@@ -29,10 +29,14 @@ from pathlib import Path
 
 import pytest
 import trio
-from rpc_helpers import RawConnection, running_agent
+from rpc_helpers import RawConnection, client_for, running_agent
 from test_go_rpc_interop import go_cli, our_agent
-from test_serf_cluster_interop import eventually, our_members, serf_agent
-from test_serf_cluster_interop import our_agent as our_named_agent
+from test_serf_cluster_interop import (
+    eventually,
+    our_agent as our_named_agent,
+    our_members,
+    serf_agent,
+)
 
 from agentrpc import Client
 from agentrpc.agent import Agent
@@ -164,7 +168,7 @@ def agent_on(
 
 
 async def lan_statuses(agent: Agent) -> dict[bytes, str]:
-    async with Client(agent.rpc_addresses[0], network=agent._network) as client:
+    async with client_for(agent) as client:
         return {text_bytes(m.name): m.status for m in await client.members_lan()}
 
 
@@ -182,7 +186,7 @@ async def test_a_non_utf8_member_is_listed_unchanged_and_force_left(
     async with AsyncExitStack() as stack:
         first = await stack.enter_async_context(agent_on(network, 1, "first"))
         other = await stack.enter_async_context(agent_on(network, 2, go_name))
-        async with Client(first.rpc_addresses[0], network=first._network) as client:
+        async with client_for(first) as client:
             assert await client.join(["127.0.0.2:8301"]) == 1
         # The name crossed the gossip wire both ways and came back as the same bytes.
         await wait_for(first, {b"first": "alive", GO_NAME: "alive"})

@@ -21,6 +21,7 @@ from agentrpc.gossip.messages import (
 )
 from agentrpc.gossip.node_table import NO_VSN, NodeTable, ProtocolVersionError
 from agentrpc.gossip.profiles import LAN, GossipProfile
+from agentrpc.log_protocol import CaptureLog
 
 VSN: Vsn = (1, 5, 2, 2, 5, 4)
 SERF_VSN: Vsn = (1, 5, 2, 2, 5, 5)
@@ -48,30 +49,7 @@ class Events:
         self.updates.append(node)
 
 
-@dataclass
-class Log:
-    lines: list[tuple[str, str]] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
-    """The throttle key of every throttled line."""
-
-    def debug(self, message: str) -> None:
-        self.lines.append(("debug", message))
-
-    def info(self, message: str) -> None:
-        self.lines.append(("info", message))
-
-    def warn(self, message: str) -> None:
-        self.lines.append(("warn", message))
-
-    def error(self, message: str) -> None:
-        self.lines.append(("error", message))
-
-    def throttled(self, level: int, key: str, message: str) -> None:
-        self.lines.append((("trace", "debug", "info", "warn", "error")[level], message))
-        self.keys.append(key)
-
-    def text(self) -> str:
-        return "\n".join(f"[{level}] {line}" for level, line in self.lines)
+Log = CaptureLog
 
 
 class Harness:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from agentrpc.gossip.contract import NodeInfo, NodeState
 from agentrpc.gossip.messages import Alive, Dead, PushNodeState, Suspect

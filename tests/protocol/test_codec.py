@@ -6,8 +6,7 @@ import tracemalloc
 
 import msgpack
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from agentrpc.protocol.codec import (
     Encoded,

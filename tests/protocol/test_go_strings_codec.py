@@ -8,8 +8,7 @@ default handle, which has no str8) for longer ones, and bin (``0xc4``) for a ``[
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from agentrpc.protocol.codec import (
     Request,

@@ -132,7 +132,7 @@ async def test_monitor_replays_the_ring_filtered_then_streams_live_lines(transpo
         # At WARN: only WARN lines of the last 512 in the ring (all levels are kept).
         seq = await conn.request("monitor", {"LogLevel": "warn"})
         assert (await conn.read(1))[0] == Response(seq, "", None)
-        ring_warns = [line for level, line in agent.hub._ring if level >= WARN]
+        ring_warns = agent.hub.lines(WARN)
         replay = [r.body["Log"] for r in await conn.read(len(ring_warns))]
         assert replay == ring_warns
         assert all("[WARN] test: backlog" in line for line in replay)
@@ -150,7 +150,7 @@ async def test_monitor_replays_everything_at_trace(transport: str) -> None:
     async with running_agent(transport) as agent:
         conn = await RawConnection.open(agent)
         await conn.handshake()
-        ring = [line for _, line in agent.hub._ring]
+        ring = agent.hub.lines()
         seq = await conn.request("monitor", {"LogLevel": "TRACE"})
         (ack, *replay) = await conn.read(1 + len(ring))
         assert ack == Response(seq, "", None)
@@ -179,7 +179,7 @@ async def test_a_stalled_monitor_reader_drops_and_counts_without_slowing_anyone(
         dropped = int(stats["rpc"]["monitor_dropped"])
         assert dropped > 40_000
         # The drop was counted, never logged per line: the ring holds no "Dropping" storm.
-        assert not any("drop" in line.lower() for _, line in agent.hub._ring)
+        assert not any("drop" in line.lower() for line in agent.hub.lines())
         # When the reader resumes it gets what was queued plus one summary line.
         log.info("after the flood")
         lines: list[str] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 import trio.testing
-from rpc_helpers import RawConnection, poll_until, running_agent
+from rpc_helpers import RawConnection, client_for, poll_until, running_agent
 from test_engine import SlowJoinPool
 
 from agentrpc import Client
@@ -40,10 +40,9 @@ async def test_token_is_required_for_every_command_but_handshake(transport: str)
 
 async def test_client_sends_its_token() -> None:
     async with running_agent("memory", rpc_token="t") as agent:
-        address = agent.rpc_addresses[0]
-        async with Client(address, network=agent._network, token="t") as client:
+        async with client_for(agent, token="t") as client:
             assert len(await client.members_lan()) == 1
-        async with Client(address, network=agent._network) as client:
+        async with client_for(agent) as client:
             try:
                 await client.stats()
             except RPCError as exc:

@@ -10,7 +10,7 @@ from fake_memberlist import DEFAULT_VSN
 from agentrpc.gossip.contract import NodeInfo, NodeState, Vsn
 from agentrpc.gossip.serf import MemberEvent, SerfConfig, SerfState
 from agentrpc.gossip.serf_messages import encode_tags
-from agentrpc.protocol.constants import LOG_LEVELS
+from agentrpc.log_protocol import CaptureLog
 
 
 class ManualClock:
@@ -26,32 +26,8 @@ class ManualClock:
         self.now += seconds
 
 
-class RecordingLog:
-    """Keeps every line as ``LEVEL message``."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.keys: list[str] = []
-        """The throttle key of every throttled line."""
-
-    def debug(self, message: str) -> None:
-        self.lines.append(f"DEBUG {message}")
-
-    def info(self, message: str) -> None:
-        self.lines.append(f"INFO {message}")
-
-    def warn(self, message: str) -> None:
-        self.lines.append(f"WARN {message}")
-
-    def error(self, message: str) -> None:
-        self.lines.append(f"ERR {message}")
-
-    def throttled(self, level: int, key: str, message: str) -> None:
-        self.lines.append(f"{LOG_LEVELS[level]} {message}")
-        self.keys.append(key)
-
-    def has(self, fragment: str) -> bool:
-        return any(fragment in line for line in self.lines)
+RecordingLog = CaptureLog
+"""Keeps every line; ``lines`` reads them as ``LEVEL message``."""
 
 
 def node_info(
