@@ -65,9 +65,11 @@ _LOG_FRAME_BODY: Final = b"\x81\xa3Log"
 _MONITOR_BATCH: Final = 256
 DROP_SUMMARY_INTERVAL: Final = 10.0
 """At most one "monitor dropped N lines" notice per stream in this many seconds."""
-FLUSH_BYTES: Final = 64 * 1024
+FLUSH_BYTES: Final = 256 * 1024
 """The reader hands its batch of replies to the writer once it holds this many bytes, so that
 no queued item is much bigger than this (the byte budget can then hold the reader back)."""
+YIELD_EVERY: Final = 256
+"""Requests answered in one go before the reader lets other tasks run (a few ms at most)."""
 
 
 @dataclass(slots=True)
@@ -401,10 +403,11 @@ class RPCConnection:
                 pending += len(frame)
                 if pending >= FLUSH_BYTES:
                     # Big replies (stats, members) to a long pipelined batch: hand them over
-                    # now, so the budget can hold this reader back mid-batch, and let other
-                    # connections run (one read can hold ~3,000 requests).
+                    # now, so the budget can hold this reader back mid-batch.
                     pending = 0
                     await self._flush(out)
+                elif not count % YIELD_EVERY:
+                    # One read can hold ~3,000 requests: let other connections run meanwhile.
                     await trio.lowlevel.checkpoint()
         except ProtocolError:
             stats.frames_in += count

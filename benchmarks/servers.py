@@ -60,8 +60,9 @@ _snapshot: Path | None = None
 
 
 def snapshot_sources() -> Path:
-    """Copy ``agentrpc/`` (its ``transports`` and ``cli`` links resolved) and ``benchmarks/``
-    to a temporary directory, once per process, and run every subprocess from there.
+    """Copy the package as it installs (``agentrpc/`` with ``transports/`` and ``cli/`` mapped
+    into it, as pyproject's package-dir does) and ``benchmarks/`` to a temporary directory,
+    once per process, and run every subprocess from there.
 
     The working tree may be edited while a suite runs (ours is, by other sessions): without a
     snapshot, later runs would measure other code than earlier ones.
@@ -71,6 +72,9 @@ def snapshot_sources() -> Path:
         root = Path(tempfile.mkdtemp(prefix="agentrpc-bench-src-"))
         skip = shutil.ignore_patterns("__pycache__", "results", "*.pyc")
         shutil.copytree(REPO_ROOT / "agentrpc", root / "agentrpc", ignore=skip)
+        for sub in ("transports", "cli"):
+            if not (root / "agentrpc" / sub).exists():  # older trees linked them in
+                shutil.copytree(REPO_ROOT / sub, root / "agentrpc" / sub, ignore=skip)
         shutil.copytree(REPO_ROOT / "benchmarks", root / "benchmarks", ignore=skip)
         atexit.register(shutil.rmtree, root, True)
         _snapshot = root

@@ -720,13 +720,16 @@ def _output(command: list[str]) -> str:
 
 
 def source_fingerprint(root: Path = REPO_ROOT) -> str:
-    """A hash of agentrpc's Python sources under ``root`` (links followed)."""
+    """A hash of agentrpc's Python sources under ``root`` (``transports/`` and ``cli/``
+    included, whether linked into ``agentrpc/`` as in older trees or beside it)."""
     digest = hashlib.sha256()
     base = root / "agentrpc"
     paths = list(base.rglob("*.py"))  # does not descend into linked directories
     for sub in ("transports", "cli"):
         if (base / sub).is_symlink():
             paths += (base / sub).rglob("*.py")
+        elif not (base / sub).exists():
+            paths += (root / sub).rglob("*.py")
     for path in sorted(paths, key=lambda path: str(path.relative_to(root))):
         if path.is_file() and "__pycache__" not in path.parts:
             digest.update(str(path.relative_to(root)).encode())
