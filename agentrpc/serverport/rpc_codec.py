@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterator
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 
 from ..defaults import SERVER_PORT
 from ..protocol.constants import DEFAULT_MAX_FRAME_SIZE
@@ -137,6 +137,9 @@ def parse_response_header(header: object) -> tuple[str, int, str]:
     )
 
 
+_Header = TypeVar("_Header")
+
+
 class _PairDecoder:
     """Shared machinery: msgpack objects in, (header, body) pairs out."""
 
@@ -175,6 +178,20 @@ class _PairDecoder:
             return False, None
         return True, obj
 
+    def _next_pair(self, parse_header: Callable[[object], _Header]) -> tuple[_Header, Any] | None:
+        """The next (validated header, body) pair; None when more bytes are needed. A header
+        is validated (and may raise) as soon as it arrives, before its body."""
+        while True:
+            ok, obj = self._next_object()
+            if not ok:
+                return None
+            header = self._header
+            if header is None:
+                self._header = parse_header(obj)
+                continue
+            self._header = None
+            return header, obj
+
 
 class RequestDecoder(_PairDecoder):
     """Server side: a byte stream from a client into :class:`RPCRequest` tuples.
@@ -190,16 +207,11 @@ class RequestDecoder(_PairDecoder):
 
     def next_request(self) -> RPCRequest | None:
         """The next complete request, or None when more bytes are needed."""
-        while True:
-            ok, obj = self._next_object()
-            if not ok:
-                return None
-            header = self._header
-            if header is None:
-                self._header = parse_request_header(obj)
-                continue
-            self._header = None
-            return RPCRequest(header[0], header[1], obj)
+        pair = self._next_pair(parse_request_header)
+        if pair is None:
+            return None
+        (method, seq), body = pair
+        return RPCRequest(method, seq, body)
 
     def __iter__(self) -> Iterator[RPCRequest]:
         while (request := self.next_request()) is not None:
@@ -216,16 +228,11 @@ class ResponseDecoder(_PairDecoder):
 
     def next_response(self) -> RPCResponse | None:
         """The next complete response, or None when more bytes are needed."""
-        while True:
-            ok, obj = self._next_object()
-            if not ok:
-                return None
-            header = self._header
-            if header is None:
-                self._header = parse_response_header(obj)
-                continue
-            self._header = None
-            return RPCResponse(header[0], header[1], header[2], obj)
+        pair = self._next_pair(parse_response_header)
+        if pair is None:
+            return None
+        (method, seq, error), body = pair
+        return RPCResponse(method, seq, error, body)
 
     def __iter__(self) -> Iterator[RPCResponse]:
         while (response := self.next_response()) is not None:
