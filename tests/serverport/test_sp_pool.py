@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agentrpc.transports import Address
 from sp_helpers import (
     ACK,
     DATA,
@@ -41,6 +40,7 @@ from agentrpc.serverport.endpoints import (
     RPCCallError,
 )
 from agentrpc.serverport.pool import ConnectionPool, open_connection_pool
+from agentrpc.transports import Address
 
 
 async def fake_server(

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 import trio
-from agentrpc.transports import Address, parse_address
 from sp_helpers import read_exactly, read_to_eof, request_bytes, response_bytes, running_port, tcp
 
 from agentrpc.serverport.endpoints import call_on_stream
 from agentrpc.serverport.proxy import PROTOCOLS, serve_proxy
 from agentrpc.serverport.rpc_codec import RPCType
 from agentrpc.serverport.yamux_session import YamuxConfig, YamuxSession
+from agentrpc.transports import Address, parse_address
 
 PING_REQUEST = request_bytes("Status.Ping", 1)
 PING_RESPONSE = response_bytes("Status.Ping", 1)

@@ -8,7 +8,6 @@ import msgpack
 import pytest
 import trio
 import trio.testing
-from agentrpc.transports import memory_stream_pair
 from hypothesis import given, settings, strategies as st
 from sp_helpers import LogCapture, read_exactly, request_bytes, response_bytes
 
@@ -31,6 +30,7 @@ from agentrpc.serverport.rpc_codec import (
     encode_response,
     lookup_error,
 )
+from agentrpc.transports import memory_stream_pair
 
 # ----------------------------------------------------------------------------- encoding
 

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agentrpc.transports import memory_stream_pair
 from hypothesis import given, settings, strategies as st
 from sp_helpers import ACK, DATA, FIN, GO_AWAY, PING, RST, SYN, WINDOW_UPDATE, frame
 
@@ -33,6 +32,7 @@ from agentrpc.serverport.yamux import (
     encode_header,
 )
 from agentrpc.serverport.yamux_session import YamuxConfig, YamuxSession, YamuxStream
+from agentrpc.transports import memory_stream_pair
 
 # ----------------------------------------------------------------------------- frame codec
 
