@@ -155,20 +155,6 @@ def _token_matches(request: Request, token: str) -> bool:
     return sent is not None and hmac.compare_digest(text_bytes(sent), text_bytes(token))
 
 
-def _with_body(request: Request) -> Request:
-    """The request with its body decoded into its command's type (a malformed body raises
-    ProtocolError carrying the Seq and command, so that the refusal can name them)."""
-    command = request.command
-    body_decoder = BODY_DECODERS.get(command)
-    if body_decoder is None:
-        return request
-    try:
-        return Request(command, request.seq, request.token, body_decoder(request.body))
-    except ProtocolError as exc:
-        exc.seq, exc.command = request.seq, command
-        raise
-
-
 class EndReason(enum.Enum):
     EOF = "eof"
     FATAL = "fatal"
@@ -365,7 +351,7 @@ class RPCConnection:
     async def _read_requests(self) -> EndReason:
         """Read and answer until EOF or a request that ends the connection."""
         stream = self.stream
-        decoder = RequestDecoder(self._limits.max_frame_size)
+        decoder = RequestDecoder(self._limits.max_frame_size, body_decoders=BODY_DECODERS)
         idle_checks = self._limits.idle_timeout > 0
         while True:
             if idle_checks:
@@ -391,7 +377,6 @@ class RPCConnection:
         try:
             for request in decoder:
                 count += 1
-                request = _with_body(request)
                 frame = self._answer_at_once(request, token) if self._handshaken else None
                 if frame is None:
                     if not await self._dispatch(request, out):

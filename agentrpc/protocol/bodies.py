@@ -15,8 +15,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .codec import as_text, text_bytes
 from .errors import ProtocolError
+from .msgpack_wire import as_text, text_bytes
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

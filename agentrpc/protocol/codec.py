@@ -18,7 +18,7 @@ one place that turns a wire string (str or bin) into ``str``, :func:`text_bytes`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, NamedTuple
 
 import msgpack
@@ -97,12 +97,21 @@ class RequestDecoder:
     connection closes after the ``Unsupported command`` reply).
     """
 
-    __slots__ = ("_complete", "_fed", "_pending", "_unpacker", "max_frame_size")
+    __slots__ = ("_body_decoders", "_complete", "_fed", "_pending", "_unpacker", "max_frame_size")
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        *,
+        body_decoders: Mapping[str, Callable[[Any], Any]] | None = None,
+    ) -> None:
+        """``body_decoders`` (command -> function) turn each body into its command's type as
+        it arrives (a malformed one raises :class:`ProtocolError` naming its Seq and command);
+        without them bodies are yielded as msgpack decoded them."""
         if max_frame_size < 64:
             raise ValueError("max_frame_size must be at least 64 bytes")
         self.max_frame_size = max_frame_size
+        self._body_decoders: Mapping[str, Callable[[Any], Any]] = body_decoders or {}
         # msgpack's unpacker carries ~45 KiB of parser state, so it exists only while bytes
         # are waiting: an idle connection holds none (making one costs under a microsecond).
         self._unpacker: Any = None
@@ -161,6 +170,13 @@ class RequestDecoder:
             pending = self._pending
             if pending is not None:
                 self._pending = None
+                decode = self._body_decoders.get(pending[0])
+                if decode is not None:
+                    try:
+                        obj = decode(obj)
+                    except ProtocolError as exc:
+                        exc.seq, exc.command = pending[1], pending[0]
+                        raise
                 yield Request(pending[0], pending[1], pending[2], obj)
                 continue
             command, seq, token = parse_request_header(obj)

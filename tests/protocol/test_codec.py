@@ -8,6 +8,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from agentrpc.protocol.bodies import BODY_DECODERS, JoinRequest
 from agentrpc.protocol.codec import (
     Encoded,
     Request,
@@ -268,3 +269,14 @@ def test_decoder_holds_no_parser_between_whole_frames() -> None:
     assert decoder.awaiting_body
     decoder.feed(pack({"LogLevel": "warn"}))
     assert list(decoder) == [Request("monitor", 2, None, {"LogLevel": "warn"})]
+
+
+def test_body_decoders_turn_bodies_into_their_types_as_they_arrive() -> None:
+    decoder = RequestDecoder(body_decoders=BODY_DECODERS)
+    decoder.feed(pack({"Command": "join", "Seq": 4}, {"Existing": ["a:1"], "WAN": True}))
+    [request] = list(decoder)
+    assert request == Request("join", 4, None, JoinRequest(["a:1"], True))
+    decoder.feed(pack({"Command": "join", "Seq": 5}, {"Existing": 7}))
+    with pytest.raises(ProtocolError) as info:
+        list(decoder)
+    assert (info.value.seq, info.value.command) == (5, "join")
