@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from agentrpc.hostport import join_host_port
+
 from .messages import NodeState, Vsn
 
 if TYPE_CHECKING:  # annotations only: the contract must stay importable without trio
@@ -49,7 +51,7 @@ class GossipAddress:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True)

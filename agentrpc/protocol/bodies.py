@@ -15,6 +15,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ..hostport import join_host_port
 from .errors import ProtocolError
 from .msgpack_wire import as_text, text_bytes
 
@@ -158,9 +159,7 @@ class Member:
     @property
     def address(self) -> str:
         """``ip:port``, IPv6 in brackets, as the reference CLI prints it."""
-        if self.addr.version == 6:
-            return f"[{self.addr}]:{self.port}"
-        return f"{self.addr}:{self.port}"
+        return join_host_port(str(self.addr), self.port)
 
 
 def _member_text(value: object, name: str) -> str:
