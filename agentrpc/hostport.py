@@ -43,3 +43,15 @@ def split_host_port(text: str) -> tuple[str, str | None]:
         return text, None
     host, sep, port = text.partition(":")
     return host, (port if sep else None)
+
+
+def unmapped_ip(addr: str | bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Go's ``net.ParseIP`` (text) or a 4/16-byte address, then ``To4``: an IPv4-mapped IPv6
+    address is its IPv4 address; None for anything that is not an address."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip

@@ -9,6 +9,8 @@ Three parts, as in hashicorp/memberlist and hashicorp/serf:
   gives memberlist: node meta, user messages, piggybacked broadcasts, push/pull user state, and
   join / leave / update notifications.
 * :class:`MemberlistHandle` is what the membership layer may call on memberlist.
+* :class:`PingDelegate` (optional, memberlist's ``PingDelegate``) puts a payload in our acks
+  and hears how each direct probe went: serf carries its network coordinates this way.
 
 Everything here is types only: no behaviour, no trio tasks, and trio itself is imported only
 for type checking (the stream types in the annotations), so the sans-I/O rules that name these
@@ -38,6 +40,7 @@ __all__ = [
     "NodeInfo",
     "NodeState",
     "PacketConnection",
+    "PingDelegate",
     "StreamListener",
     "Vsn",
 ]
@@ -128,6 +131,23 @@ class MemberlistDelegate(Protocol):
 
     def merge_remote_state(self, state: bytes, join: bool) -> None:
         """The user state received in a push/pull (not called when it is empty)."""
+        ...
+
+
+class PingDelegate(Protocol):
+    """Payloads on acks and the outcome of probes (memberlist's ``PingDelegate``).
+
+    Both calls are synchronous, on the probe and packet paths: keep them short, and never
+    raise for what a peer sent (log it and return)."""
+
+    def ack_payload(self) -> bytes:
+        """The payload of every ack we send to a UDP ping (not to TCP fallback pings, nor
+        the acks we forward for indirect probes, as memberlist does)."""
+        ...
+
+    def notify_ping_complete(self, node: NodeInfo, rtt: float, payload: bytes) -> None:
+        """A direct UDP probe of ``node`` was acked within the probe timeout, ``rtt``
+        seconds after the ping was sent; ``payload`` is the ack's (``b""`` if it had none)."""
         ...
 
 

@@ -11,6 +11,8 @@ follows Go's reader, including the deferred clear: once the table is full it kee
 
 from __future__ import annotations
 
+import itertools
+
 from agentrpc.gossip.messages import GossipDecodeError
 
 __all__ = ["LzwDecodeError", "LzwOutputTooLarge", "compress", "decompress"]
@@ -21,6 +23,7 @@ _EOF_CODE = _CLEAR_CODE + 1  # 257
 _FIRST_WIDTH = _LITERAL_WIDTH + 1  # 9 bits
 _MAX_WIDTH = 12
 _MAX_CODE = (1 << _MAX_WIDTH) - 1  # 4095: the writer clears when it would hand this out
+_END = (-1,)
 
 
 class LzwDecodeError(GossipDecodeError):
@@ -45,7 +48,9 @@ def compress(data: bytes | bytearray | memoryview) -> bytes:
         hi = _EOF_CODE
         overflow = 1 << _FIRST_WIDTH
         code = view[0]
-        for literal in view[1:]:
+        # A last "literal" of -1 misses the table (``x | -1 == -1``) and so emits the
+        # pending code through the same steps as every other; then the loop ends.
+        for literal in itertools.chain(view[1:], _END):
             key = (code << 8) | literal
             found = table_get(key)
             if found is not None:
@@ -53,39 +58,28 @@ def compress(data: bytes | bytearray | memoryview) -> bytes:
                 continue
             bits |= code << n_bits
             n_bits += width
-            while n_bits >= 8:
-                out.append(bits & 0xFF)
-                bits >>= 8
-                n_bits -= 8
             code = literal
             hi += 1
             if hi == overflow:
                 width += 1
                 overflow <<= 1
             if hi == _MAX_CODE:
+                # The table is full: a clear code (at the new width) and a fresh table.
                 bits |= _CLEAR_CODE << n_bits
                 n_bits += width
-                while n_bits >= 8:
-                    out.append(bits & 0xFF)
-                    bits >>= 8
-                    n_bits -= 8
                 width = _FIRST_WIDTH
                 hi = _EOF_CODE
                 overflow = 1 << _FIRST_WIDTH
                 table.clear()
-                continue
-            table[key] = hi
-        # Close: emit the pending code, account for it, then EOF.
-        bits |= code << n_bits
-        n_bits += width
-        hi += 1
-        if hi == overflow:
-            width += 1
-            overflow <<= 1
-        if hi == _MAX_CODE:
-            bits |= _CLEAR_CODE << n_bits
-            n_bits += width
-            width = _FIRST_WIDTH
+            else:
+                table[key] = hi
+            # One flush for the code and a clear code after it: ``bits`` is unbounded.
+            while n_bits >= 8:
+                out.append(bits & 0xFF)
+                bits >>= 8
+                n_bits -= 8
+            if literal < 0:
+                break
     bits |= _EOF_CODE << n_bits
     n_bits += width
     while n_bits > 0:

@@ -54,7 +54,7 @@ import ipaddress
 import random
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
@@ -92,12 +92,14 @@ from agentrpc.gossip.messages import (
     encode_message,
 )
 from agentrpc.gossip.node_table import NodeTable, ProtocolVersionError
+from agentrpc.gossip.security import Keyring
 from agentrpc.gossip.stream import PushPull, StreamMessage, StreamReader, StreamUserMessage
 from agentrpc.gossip.versions import DEFAULT_VSN, announced_port
 from agentrpc.log_protocol import ERR, WARN, LogLike, clip
 
 __all__ = [
     "DEFAULT_VSN",
+    "ConflictDelegate",
     "MAX_INBOUND_STREAM_BYTES",
     "MAX_INDIRECT_PROBES",
     "MAX_PUSH_PULL_REQUESTS",
@@ -119,6 +121,14 @@ _MERGE_SLICE: Final = 512
 _USER_MSG_OVERHEAD: Final = 1
 
 
+class ConflictDelegate(Protocol):
+    """Memberlist's ``ConflictDelegate``: hears when an alive message (gossiped or in a
+    push/pull) gives a known name another address while the known node is neither left nor
+    reclaimable; the message itself is ignored, as before."""
+
+    def notify_conflict(self, existing: NodeInfo, other: NodeInfo) -> None: ...
+
+
 class Memberlist:
     """One gossip membership (implements :class:`~agentrpc.gossip.contract.MemberlistHandle`)."""
 
@@ -130,6 +140,8 @@ class Memberlist:
         logger: LogLike,
         transport: GossipTransport,
         rng: random.Random | None = None,
+        *,
+        conflict: ConflictDelegate | None = None,
     ) -> None:
         self._config = config
         self._delegate = delegate
@@ -145,6 +157,7 @@ class Memberlist:
             log=logger,
             awareness=self._awareness,
             on_suspicion_change=self._wake_suspicion_timer,
+            on_conflict=conflict.notify_conflict if conflict is not None else None,
             max_members=config.max_members,
         )
         self._net = MemberlistNet(
@@ -278,6 +291,22 @@ class Memberlist:
             raise OSError(errno.EHOSTUNREACH, f"unknown node {node!r}")
         await self._net.send_user_message(info.address, payload)
 
+    async def send_to_address(self, address: GossipAddress, payload: bytes) -> None:
+        """A user message in one UDP packet to ``address`` (memberlist's ``SendToAddress``:
+        no piggybacked broadcasts, no CRC, encrypted like every packet). Best effort."""
+        await self._net.send_messages(address, [bytes((MessageType.USER,)) + payload], crc=False)
+
+    @property
+    def keyring(self) -> Keyring | None:
+        """The keyring packets and streams are sealed and opened with (None: plaintext)."""
+        return self._net.keyring
+
+    def set_keyring(self, keyring: Keyring) -> None:
+        """Use ``keyring`` from now on: its primary key seals what we send, all its keys
+        open what we receive (serf's key queries change it; memberlist encrypts from the
+        start or never, so this cannot turn encryption on)."""
+        self._net.set_keyring(keyring)
+
     # ----------------------------------------------------------------------------------------
     # Running.
 
@@ -370,7 +399,9 @@ class Memberlist:
         if not self._ping_is_for_us(ping, source, "memberlist.ping-unexpected-node", "'"):
             return
         reply = _reply_address(ping.source_addr, ping.source_port, source)
-        ack = encode_message(AckResp(ping.seq_no))
+        ping_delegate = self._config.ping
+        payload = ping_delegate.ack_payload() if ping_delegate is not None else b""
+        ack = encode_message(AckResp(ping.seq_no, payload))
         await self._net.send_packet(reply, ack, crc=self._schedule.crc_for(ping.source_node))
 
     def _ping_is_for_us(self, ping: Ping, peer: GossipAddress, key: str, quote: str = "") -> bool:

@@ -7,15 +7,16 @@ live apart so that every part of the engine (the network side in
 :mod:`~agentrpc.gossip.memberlist_schedule`, the engine itself) can share one config and one
 set of counters without importing each other.
 
-Resources: none (plain data, no trio). Errors: :class:`MemberlistConfig` raises ``ValueError``
-at construction for a value the engine could not run with; nothing else raises.
+Resources: none (plain data, no trio; the optional ping delegate is the caller's object).
+Errors: :class:`MemberlistConfig` raises ``ValueError`` at construction for a value the engine
+could not run with; nothing else raises.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agentrpc.gossip.contract import GossipAddress
+from agentrpc.gossip.contract import GossipAddress, PingDelegate
 from agentrpc.gossip.messages import (
     LABEL_MAX_SIZE,
     PROTOCOL_VERSION_DEFAULT,
@@ -55,6 +56,9 @@ class MemberlistConfig:
     port masking)."""
     max_members: int = DEFAULT_MAX_MEMBERS
     """Nodes the table holds at most, ourselves included (config ``gossip_max_members``)."""
+    ping: PingDelegate | None = None
+    """memberlist's ``Config.Ping``: the payload of our acks and the outcome of our direct
+    probes (serf's network coordinates); None sends empty acks and hears nothing."""
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -69,7 +69,7 @@ from agentrpc.gossip.packet import (
     encode_packets,
     label_overhead,
 )
-from agentrpc.gossip.security import encrypt_overhead, encryption_version_for
+from agentrpc.gossip.security import Keyring, encrypt_overhead, encryption_version_for
 from agentrpc.gossip.stream import (
     PushPull,
     StreamEncoder,
@@ -158,13 +158,7 @@ class MemberlistNet:
         self._keyring = config.keyring
         self._encryption_version = encryption_version_for(config.protocol_version)
         self._send_keyring = config.keyring if config.gossip_verify_outgoing else None
-        self.encoder: Final = StreamEncoder(
-            compress=self._profile.enable_compression,
-            keyring=self._send_keyring,
-            encryption_version=self._encryption_version,
-            label=self._label,
-        )
-        """Builds every outbound stream message (for handlers' replies)."""
+        self._encoder = self._new_encoder()
         self._packet_overhead = label_overhead(self._label) + (
             encrypt_overhead(self._encryption_version) if self._send_keyring is not None else 0
         )
@@ -172,6 +166,34 @@ class MemberlistNet:
         self._listener: StreamListener | None = None
         self.inbound_bytes = 0
         """What all inbound streams together have read and not finished handling."""
+
+    @property
+    def encoder(self) -> StreamEncoder:
+        """Builds every outbound stream message (for handlers' replies), with the keyring in
+        use now."""
+        return self._encoder
+
+    def _new_encoder(self) -> StreamEncoder:
+        return StreamEncoder(
+            compress=self._profile.enable_compression,
+            keyring=self._send_keyring,
+            encryption_version=self._encryption_version,
+            label=self._label,
+        )
+
+    @property
+    def keyring(self) -> Keyring | None:
+        return self._keyring
+
+    def set_keyring(self, keyring: Keyring) -> None:
+        """Seal with ``keyring``'s primary key and open with any of its keys from now on
+        (only when encrypting already: the packet budget was sized for it)."""
+        if self._keyring is None:
+            raise ValueError("encryption is not enabled: no keyring to replace")
+        self._keyring = keyring
+        if self._send_keyring is not None:
+            self._send_keyring = keyring
+        self._encoder = self._new_encoder()
 
     # ----------------------------------------------------------------------------------------
     # Binding.

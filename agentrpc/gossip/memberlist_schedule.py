@@ -8,6 +8,8 @@ change) and the packets of :class:`~agentrpc.gossip.memberlist_net.MemberlistNet
   UDP ping (with a suspect piggybacked if the target is suspect), then indirect pings through
   ``indirect_checks`` peers (asking for nacks from those that send them) and a TCP fallback
   ping (to targets that answer one), then suspicion; missing nacks count against our health;
+  a direct ack within the probe timeout goes to the config's ping delegate with its RTT and
+  payload (serf's coordinates);
 * relayed probes: an indirect ping another node asked us for, answered with an ack or a nack;
 * the gossip loop: broadcasts packed into packets for ``gossip_nodes`` random peers;
 * the push/pull loop: a full state exchange with a random alive peer at the scaled interval;
@@ -60,10 +62,11 @@ _UINT32_MASK: Final = 0xFFFFFFFF
 
 
 class _AckWaiter:
-    __slots__ = ("acked", "nacks", "payload")
+    __slots__ = ("acked", "acked_at", "nacks", "payload")
 
     def __init__(self) -> None:
         self.acked = trio.Event()
+        self.acked_at = 0.0
         self.nacks = 0
         self.payload = b""
 
@@ -89,6 +92,7 @@ class Scheduler:
     ) -> None:
         self._name = config.name
         self._profile = config.profile
+        self._ping_delegate = config.ping
         self._table = table
         self._net = net
         self._awareness = awareness
@@ -120,8 +124,9 @@ class Scheduler:
 
     def on_ack(self, ack: AckResp) -> None:
         waiter = self._ack_waiters.get(ack.seq_no)
-        if waiter is not None:
+        if waiter is not None and not waiter.acked.is_set():
             waiter.payload = ack.payload
+            waiter.acked_at = trio.current_time()
             waiter.acked.set()
 
     def on_nack(self, nack: NackResp) -> None:
@@ -189,7 +194,8 @@ class Scheduler:
         seq = self._next_seq()
         ping = self._ping(seq, target.name)
         waiter = self._ack_waiters[seq] = _AckWaiter()
-        deadline = trio.current_time() + interval
+        sent = trio.current_time()  # before the send, as Go marks it (never a negative RTT)
+        deadline = sent + interval
         crc = accepts_crc(target.vsn)
         awareness_delta = 0
         try:
@@ -204,6 +210,11 @@ class Scheduler:
             with trio.move_on_after(profile.probe_timeout):
                 await waiter.acked.wait()
             if waiter.acked.is_set():
+                # Only a direct ack in time measures the RTT (later ones, indirect ones and
+                # TCP ones do not), as memberlist's probeNode.
+                if self._ping_delegate is not None:
+                    rtt = waiter.acked_at - sent
+                    self._ping_delegate.notify_ping_complete(target, rtt, waiter.payload)
                 return
             self._log.debug(f"Failed ping: {clip(target.name)} (timeout reached)")
 

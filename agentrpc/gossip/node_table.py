@@ -46,7 +46,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 from agentrpc.gossip.awareness import Awareness
@@ -170,16 +170,20 @@ class NodeTable:
         log: TableLog | None = None,
         awareness: Awareness | None = None,
         on_suspicion_change: Callable[[], None] | None = None,
+        on_conflict: Callable[[NodeInfo, NodeInfo], None] | None = None,
         max_members: int = DEFAULT_MAX_MEMBERS,
     ) -> None:
         """``on_suspicion_change`` is called whenever a suspicion timer starts, stops or
         changes its deadline, so that the engine re-reads :meth:`next_suspicion_deadline`.
-        ``max_members`` bounds the node map (ourselves included)."""
+        ``on_conflict(existing, other)`` is memberlist's ``NotifyConflict``: an alive gave a
+        known name another address while the known node is neither left nor reclaimable (the
+        message itself is refused). ``max_members`` bounds the node map (ourselves included)."""
         self._max_members = _check_max_members(max_members)
         self.refused_members = 0
         """Alive states about unknown nodes ignored because the map was full."""
         self.local_name = local_name
         self.profile = profile
+        self._on_conflict = on_conflict
         self._rng = rng
         self._events = events
         self._log: TableLog = log if log is not None else NullLog()
@@ -411,6 +415,16 @@ class NodeTable:
                     f"{record.port} Theirs: {_ip_text(message.addr)}:{message.port} "
                     f"Old state: {record.state.name.lower()}",
                 )
+                if self._on_conflict is not None:
+                    existing = record.snapshot()
+                    other = replace(
+                        existing,
+                        addr=message.addr,
+                        port=message.port,
+                        meta=message.meta,
+                        incarnation=0,
+                    )
+                    self._on_conflict(existing, other)
                 return
 
         if message.incarnation <= record.incarnation and not is_local and not updates_node:

@@ -37,12 +37,15 @@ from agentrpc.gossip.messages import (
 )
 
 __all__ = [
+    "MEMBER_STATUS_CODES",
     "QUERY_FLAG_ACK",
     "QUERY_FLAG_NO_BROADCAST",
     "TAG_MAGIC_BYTE",
     "FilterType",
     "JoinIntent",
+    "KeyRequest",
     "LeaveIntent",
+    "NodeKeyResponse",
     "NodeFilter",
     "Query",
     "QueryFilter",
@@ -55,9 +58,16 @@ __all__ = [
     "UserEvent",
     "UserEventEntry",
     "UserEvents",
+    "WireMember",
+    "decode_conflict_response",
+    "decode_key_request",
+    "decode_key_response",
     "decode_query_filter",
     "decode_serf_message",
     "decode_tags",
+    "encode_conflict_response",
+    "encode_key_request",
+    "encode_key_response",
     "encode_query_filter",
     "encode_relay",
     "encode_serf_message",
@@ -281,7 +291,8 @@ class UserEvent:
 class Query:
     """``messageQuery``: a query; answers go to ``addr:port`` over UDP.
 
-    ``filters`` are encoded filters (see :func:`decode_query_filter`); ``timeout_ns`` is a
+    ``source_node`` exists from serf 0.9 on (0.8 sends none: read as ""). ``filters`` are
+    encoded filters (see :func:`decode_query_filter`); ``timeout_ns`` is a
     Go ``time.Duration`` in nanoseconds.
     """
 
@@ -394,7 +405,8 @@ class QueryResponse:
 class Relay:
     """``messageRelay``: forward ``message`` (a complete serf message) to a destination.
 
-    ``dest_ip``/``dest_port``/``dest_zone`` are Go's ``net.UDPAddr`` fields.
+    ``dest_ip``/``dest_port``/``dest_zone`` are Go's ``net.UDPAddr`` fields; ``dest_name``
+    exists from serf 0.9 on (0.8 sends none, and ignores ours).
     """
 
     MESSAGE_TYPE: ClassVar[SerfMessageType] = SerfMessageType.RELAY
@@ -563,3 +575,165 @@ def decode_tags(meta: bytes) -> dict[str, str]:
     if not isinstance(obj, dict):
         raise GossipDecodeError("tags: expected a msgpack map of strings")
     return {wire_str(key, "tag name"): wire_str(value, "tag value") for key, value in obj.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Payloads inside internal queries and their responses (a serf type byte, then msgpack).
+
+MEMBER_STATUS_CODES: dict[str, int] = {
+    "none": 0,
+    "alive": 1,
+    "leaving": 2,
+    "left": 3,
+    "failed": 4,
+}
+"""Serf's ``MemberStatus`` integers by status text, as a conflict response carries them."""
+_STATUS_TEXTS = {code: text for text, code in MEMBER_STATUS_CODES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class WireMember:
+    """Serf's ``Member`` struct, as a ``_serf_conflict`` response carries it."""
+
+    name: str
+    addr: bytes
+    """``net.IP`` bytes: 4 or 16 (Go may send an IPv4 address in its 16-byte form)."""
+    port: int
+    tags: Mapping[str, str] = field(default_factory=dict)
+    status: str = "none"
+    vsn: tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)
+    """``ProtocolMin, ProtocolMax, ProtocolCur, DelegateMin, DelegateMax, DelegateCur``."""
+
+    def to_wire(self) -> dict[str, object]:
+        what = "Member"
+        pmin, pmax, pcur, dmin, dmax, dcur = self.vsn
+        return {
+            "Addr": bytes_wire(self.addr),
+            "DelegateCur": check_uint(dcur, 8, f"{what}.DelegateCur"),
+            "DelegateMax": check_uint(dmax, 8, f"{what}.DelegateMax"),
+            "DelegateMin": check_uint(dmin, 8, f"{what}.DelegateMin"),
+            "Name": str_wire(self.name),
+            "Port": check_uint(self.port, 16, f"{what}.Port"),
+            "ProtocolCur": check_uint(pcur, 8, f"{what}.ProtocolCur"),
+            "ProtocolMax": check_uint(pmax, 8, f"{what}.ProtocolMax"),
+            "ProtocolMin": check_uint(pmin, 8, f"{what}.ProtocolMin"),
+            "Status": MEMBER_STATUS_CODES.get(self.status, 0),
+            "Tags": {str_wire(key): str_wire(value) for key, value in self.tags.items()},
+        }
+
+    @classmethod
+    def from_wire(cls, fields: Mapping[str, object]) -> Self:
+        what = "Member"
+        raw_tags = fields.get("Tags")
+        if raw_tags is not None and not isinstance(raw_tags, dict):
+            raise GossipDecodeError(f"{what}.Tags: expected a map")
+        tags = {
+            wire_str(key, f"{what}.Tags key"): wire_str(value, f"{what}.Tags value")
+            for key, value in (raw_tags or {}).items()
+        }
+        status = field_int(fields, "Status", what)
+        vsn = tuple(
+            field_uint(fields, name, 8, what)
+            for name in (
+                "ProtocolMin",
+                "ProtocolMax",
+                "ProtocolCur",
+                "DelegateMin",
+                "DelegateMax",
+                "DelegateCur",
+            )
+        )
+        return cls(
+            name=field_str(fields, "Name", what),
+            addr=field_bytes(fields, "Addr", what),
+            port=field_uint(fields, "Port", 16, what),
+            tags=tags,
+            status=_STATUS_TEXTS.get(status, "none"),
+            vsn=(vsn[0], vsn[1], vsn[2], vsn[3], vsn[4], vsn[5]),
+        )
+
+
+def encode_conflict_response(member: WireMember | None) -> bytes:
+    """``[6]`` + msgpack ``Member`` (nil when we know no member of that name)."""
+    body = pack_wire(None if member is None else member.to_wire())
+    return bytes((SerfMessageType.CONFLICT_RESPONSE,)) + body
+
+
+def decode_conflict_response(payload: bytes) -> WireMember | None:
+    """The member a ``_serf_conflict`` response names; None when the responder knows none
+    (Go then decodes a zero ``Member``). Raises :class:`GossipDecodeError` for another type
+    byte or a malformed body."""
+    if not payload or payload[0] != SerfMessageType.CONFLICT_RESPONSE:
+        raise GossipDecodeError("Invalid conflict query response type")
+    obj = unpack_wire(payload[1:], "Member")
+    if obj is None:
+        return None
+    return WireMember.from_wire(wire_map(obj, "Member"))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRequest:
+    """``keyRequest``: the key an install/use/remove query is about (raw bytes)."""
+
+    key: bytes = b""
+
+
+def encode_key_request(request: KeyRequest) -> bytes:
+    """``[7]`` + msgpack ``{Key}``: the payload of a key query."""
+    body = pack_wire({"Key": bytes_wire(request.key)})
+    return bytes((SerfMessageType.KEY_REQUEST,)) + body
+
+
+def decode_key_request(payload: bytes) -> KeyRequest:
+    """The ``keyRequest`` in a key query's payload. Serf skips the first byte without looking
+    at it; so do we, but an empty payload is an error here (it would crash Go)."""
+    if not payload:
+        raise GossipDecodeError("keyRequest: empty payload")
+    fields = unpack_wire_map(payload[1:], "keyRequest")
+    return KeyRequest(key=field_bytes(fields, "Key", "keyRequest"))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeKeyResponse:
+    """``nodeKeyResponse``: one node's answer to a key query.
+
+    ``primary_key`` exists from serf 0.9 on; older nodes leave it out (read as "")."""
+
+    result: bool = False
+    message: str = ""
+    keys: tuple[str, ...] = ()
+    """Base64 keys (list-keys only)."""
+    primary_key: str = ""
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "Keys": [str_wire(key) for key in self.keys] if self.keys else None,
+            "Message": str_wire(self.message),
+            "PrimaryKey": str_wire(self.primary_key),
+            "Result": bool(self.result),
+        }
+
+    @classmethod
+    def from_wire(cls, fields: Mapping[str, object]) -> Self:
+        what = "nodeKeyResponse"
+        return cls(
+            result=field_bool(fields, "Result", what),
+            message=field_str(fields, "Message", what),
+            keys=tuple(
+                wire_str(item, f"{what}.Keys") for item in _field_list(fields, "Keys", what)
+            ),
+            primary_key=field_str(fields, "PrimaryKey", what),
+        )
+
+
+def encode_key_response(response: NodeKeyResponse) -> bytes:
+    """``[8]`` + msgpack ``nodeKeyResponse``: the payload of a key query's response."""
+    return bytes((SerfMessageType.KEY_RESPONSE,)) + pack_wire(response.to_wire())
+
+
+def decode_key_response(payload: bytes) -> NodeKeyResponse:
+    """A key query response payload; :class:`GossipDecodeError` for another type or a bad
+    body (the key manager words those two cases as serf does)."""
+    if not payload or payload[0] != SerfMessageType.KEY_RESPONSE:
+        raise GossipDecodeError("Invalid key query response type")
+    return NodeKeyResponse.from_wire(unpack_wire_map(payload[1:], "nodeKeyResponse"))

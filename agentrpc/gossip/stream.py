@@ -286,6 +286,9 @@ class _PlainParser:
         return value
 
     def _take_raw(self, buf: _Buffer, length: int) -> bytes | None:
+        """``length`` raw bytes (``b""`` for none), or None until they have all arrived."""
+        if not length:
+            return b""
         end = buf.pos + length
         if end - self._body_start > self._limits.message_bytes:
             raise StreamLimitError(
@@ -318,12 +321,9 @@ class _PlainParser:
             if node is None:
                 return None
             nodes.append(node)
-        user_state = b""
-        if header.user_state_len:
-            raw = self._take_raw(buf, header.user_state_len)
-            if raw is None:
-                return None
-            user_state = raw
+        user_state = self._take_raw(buf, header.user_state_len)
+        if user_state is None:
+            return None
         return PushPull(join=header.join, nodes=tuple(nodes), user_state=user_state)
 
     def _step_user(self, buf: _Buffer) -> StreamMessage | None:
@@ -335,12 +335,9 @@ class _PlainParser:
             if header.user_msg_len < 0 or header.user_msg_len > self._limits.user_msg_bytes:
                 raise StreamLimitError(f"user message length ({header.user_msg_len}) exceeds limit")
             self._user_msg_header = header
-        payload = b""
-        if header.user_msg_len:
-            raw = self._take_raw(buf, header.user_msg_len)
-            if raw is None:
-                return None
-            payload = raw
+        payload = self._take_raw(buf, header.user_msg_len)
+        if payload is None:
+            return None
         return StreamUserMessage(payload)
 
 

@@ -28,12 +28,14 @@ from ..gossip.contract import GossipAddress, GossipTransport
 from ..gossip.memberlist import Memberlist, MemberlistConfig, MemberlistStats
 from ..gossip.profiles import PROFILES
 from ..gossip.security import Keyring, parse_key
-from ..gossip.serf import SerfConfig
+from ..gossip.serf import MemberEvent, SerfConfig
+from ..gossip.serf_coordinates import SerfCoordinates
 from ..gossip.transport import MemoryGossipNetwork, MemoryGossipTransport, UdpTcpTransport
 from ..logs import LogHub
 from ..protocol.bodies import IPAddress
 from ..transports import AddressError, parse_address
 from .gossip_pool import GossipPool
+from .keyring_file import KeyringFileError, load_keyring, write_keyring
 
 _MEMBERLIST_COUNTERS: Final = tuple(field.name for field in dataclasses.fields(MemberlistStats))
 
@@ -120,6 +122,9 @@ async def start_pool(
     tags: dict[str, str],
     hub: LogHub,
     transport: GossipTransport,
+    *,
+    keyring_file: str = "",
+    on_member_event: Callable[[MemberEvent], None] | None = None,
 ) -> tuple[GossipPool, Memberlist, GossipAddress]:
     """Build one pool and start its memberlist and serf maintenance in ``nursery``.
 
@@ -129,8 +134,47 @@ async def start_pool(
     ``config.gossip_max_members`` bounds both serf's and memberlist's state; change it later
     with :meth:`GossipPool.set_max_members` (or :meth:`Memberlist.set_max_members` for the
     node table alone).
+
+    ``keyring_file`` (Consul's ``<data_dir>/serf/local.keyring`` or ``remote.keyring``, see
+    :func:`~agentrpc.membership.keyring_file.keyring_path`): when the file exists, its keys
+    replace ``encrypt``; when it does not and ``encrypt`` is set, it is created with that key
+    (as Consul does); every keyring change of the pool is written back to it. A file that
+    cannot be read or written raises :class:`~agentrpc.membership.keyring_file.KeyringFileError`
+    naming the file, before anything is started.
+
+    Unless ``config.disable_coordinates``, the pool keeps serf's network coordinates
+    (:attr:`GossipPool.coordinates`): memberlist's acks carry ours, its probes teach us the
+    peers'. ``on_member_event`` hears every member event of the pool (after the coordinates,
+    which forget a reaped member).
     """
-    keyring = keyring_for(config)
+    try:
+        keyring = await pool_keyring(config, keyring_file)
+    except KeyringFileError as exc:
+        raise KeyringFileError(f"keyring file {keyring_file}: {exc}") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise KeyringFileError(f"keyring file {keyring_file}: {reason}") from exc
+    profile = PROFILES[spec.profile_name]
+    coordinates = (
+        None
+        if config.disable_coordinates
+        else SerfCoordinates(
+            spec.node_name, logger=hub.logger("serf"), max_nodes=config.gossip_max_members
+        )
+    )
+    listeners = [
+        listener
+        for listener in (
+            coordinates.on_member_event if coordinates is not None else None,
+            on_member_event,
+        )
+        if listener is not None
+    ]
+
+    def member_event(event: MemberEvent) -> None:
+        for listener in listeners:
+            listener(event)
+
     pool = GossipPool(
         spec.kind,
         SerfConfig(
@@ -139,22 +183,29 @@ async def start_pool(
             reconnect_timeout=config.reconnect_timeout,
             tombstone_timeout=config.tombstone_timeout,
             max_members=config.gossip_max_members,
+            gossip_interval=profile.gossip_interval,
+            keyring_file=keyring_file,
         ),
         logger=hub.logger("serf"),
         encrypted=keyring is not None,
+        keyring=keyring,
+        on_event=member_event if listeners else None,
+        coordinates=coordinates,
     )
     memberlist = Memberlist(
         MemberlistConfig(
             name=spec.node_name,
             bind=spec.bind,
-            profile=PROFILES[spec.profile_name],
+            profile=profile,
             keyring=keyring,
             max_members=config.gossip_max_members,
+            ping=coordinates,
         ),
-        pool.serf,
-        pool.serf,
+        pool.delegate,
+        pool.delegate,
         hub.logger("memberlist"),
         transport,
+        conflict=pool.delegate,
     )
     pool.attach(memberlist)
     bound: GossipAddress = await nursery.start(memberlist.run)
@@ -163,6 +214,20 @@ async def start_pool(
         hub.logger("memberlist").warn(warning)
     await nursery.start(pool.run)
     return pool, memberlist, bound
+
+
+async def pool_keyring(config: AgentConfig, keyring_file: str = "") -> Keyring | None:
+    """The keyring a pool starts with: the keyring file's when it exists, else ``encrypt``'s
+    key (written to a new keyring file when one is named)."""
+    keyring = keyring_for(config)
+    if not keyring_file:
+        return keyring
+    loaded = await load_keyring(keyring_file)
+    if loaded is not None:
+        return loaded
+    if keyring is not None:
+        await write_keyring(keyring_file, keyring)
+    return keyring
 
 
 def memberlist_stats(memberlist: Memberlist) -> dict[str, str]:

@@ -22,7 +22,7 @@ from dataclasses import replace
 import msgpack
 import pytest
 import trio
-from rpc_helpers import poll_until, running_agent
+from rpc_helpers import NO_HTTP_NO_DNS, poll_until, running_agent
 
 from agentrpc import Agent, Client, load_config
 from agentrpc.gossip import memberlist as memberlist_module
@@ -94,6 +94,7 @@ def loopback_overrides(**settings: object) -> dict[str, object]:
         "serf_wan_addr": "127.0.0.1:0",
         "server_addr": "127.0.0.1:0",
         "log_level": "ERR",
+        **NO_HTTP_NO_DNS,
         **settings,
     }
 

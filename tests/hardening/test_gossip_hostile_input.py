@@ -7,7 +7,7 @@ import random
 
 import msgpack
 import trio
-from rpc_helpers import poll_until
+from rpc_helpers import NO_HTTP_NO_DNS, poll_until
 
 from agentrpc import Agent, Client, load_config
 
@@ -20,6 +20,7 @@ async def test_garbage_on_the_gossip_port_is_dropped_and_counted() -> None:
         "serf_wan_addr": "127.0.0.1:0",
         "server_addr": "127.0.0.1:0",
         "log_level": "ERR",
+        **NO_HTTP_NO_DNS,
     }
     agent = Agent(load_config(overrides=overrides), overrides=overrides)
     async with trio.open_nursery() as nursery:

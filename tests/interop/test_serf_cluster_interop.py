@@ -41,7 +41,8 @@ async def our_agent(name: str, tmp_path: Path, encrypt: str = "") -> AsyncIterat
     config.write_text(json.dumps({"encrypt": encrypt}))
     argv = [*CLI, "serve", "--node", name, "--rpc-addr", rpc_addr,
             "--serf-lan-addr", f"127.0.0.1:{lan_port}", "--serf-wan-addr", "127.0.0.1:0",
-            "--server-addr", "127.0.0.1:0", "--config-file", str(config)]  # fmt: skip
+            "--server-addr", "127.0.0.1:0", "--http-addr", "", "--dns-addr", "",
+            "--config-file", str(config)]  # fmt: skip
     async with started_process(argv, b"agent started") as process:
         yield Ours(process, rpc_addr, lan_port)
 

@@ -15,6 +15,11 @@ and event delegate). What memberlist would do is reduced to its effect on the la
 * ``leave`` is ``dead{self}``: everyone that knows the node, and the node itself, see
   NotifyLeave with state LEFT.
 * ``update_meta`` re-reads ``node_meta`` and sends NotifyUpdate everywhere (itself included).
+* ``send_to_address`` is a UDP user message: delivered at once to the running node at that
+  address (lost otherwise, or when the test drops it); ``route_sends`` does the same for the
+  sends a bare :class:`~agentrpc.gossip.serf.SerfState` queued (``settle`` routes them too).
+* ``set_keyring`` records the keyring memberlist would use; ``conflict`` reports a name
+  conflict to the node's conflict delegate, as memberlist's NotifyConflict.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from agentrpc.gossip.contract import (
     Vsn,
 )
 from agentrpc.gossip.messages import META_MAX_SIZE
+from agentrpc.gossip.security import Keyring
+from agentrpc.gossip.serf import SerfState
 
 DEFAULT_VSN: Vsn = (1, 5, 2, 2, 5, 4)
 UDP_LIMIT = 1400
@@ -52,6 +59,10 @@ class FakeNetwork:
         self.nodes: dict[str, FakeMemberlist] = {}
         self.clock = clock
         self.delivered = 0
+        self.udp_sent: list[tuple[str, str, bytes]] = []
+        """Every ``send_to_address``: (sender, address, payload)."""
+        self.drop_udp: Callable[[str, str, bytes], bool] = lambda sender, to, payload: False
+        """Say True to lose a packet."""
 
     def add(
         self,
@@ -104,11 +115,33 @@ class FakeNetwork:
         self.delivered += sent
         return sent
 
+    def deliver_udp(self, sender: str, address: str, payload: bytes) -> bool:
+        """One UDP user message from ``sender`` to ``address``; False when lost."""
+        self.udp_sent.append((sender, address, payload))
+        peer = self.by_address(address)
+        if peer is None or not peer.running or peer.left:
+            return False
+        if self.drop_udp(sender, address, payload):
+            return False
+        peer.layer.notify_message(payload)
+        return True
+
+    def route_sends(self) -> int:
+        """Deliver what bare serf states queued to send by UDP; returns how many."""
+        count = 0
+        for node in list(self.nodes.values()):
+            if isinstance(node.layer, SerfState) and node.running:
+                for send in node.layer.take_sends():
+                    self.deliver_udp(node.name, str(send.address), send.payload)
+                    count += 1
+        return count
+
     def settle(self, max_rounds: int = 200) -> int:
-        """Pump until nothing is left to send; fails on a rebroadcast storm."""
+        """Pump (and route UDP sends) until nothing is left to send; fails on a rebroadcast
+        storm."""
         total = 0
         for _ in range(max_rounds):
-            sent = self.pump()
+            sent = self.pump() + self.route_sends()
             total += sent
             if sent == 0:
                 return total
@@ -163,6 +196,8 @@ class FakeMemberlist:
         self.reliable_sent: list[tuple[str, bytes]] = []
         self.leave_blocks = False
         """When set, ``leave`` never returns (to test the caller's bound)."""
+        self.keyring: Keyring | None = None
+        self.keyrings_set: list[Keyring] = []
 
     # ---------------------------------------------------------------- test controls
 
@@ -302,3 +337,20 @@ class FakeMemberlist:
 
     def set_max_members(self, max_members: int) -> None:
         self.max_members = max_members
+
+    async def send_to_address(self, address: GossipAddress, payload: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.running and not self.left:
+            self.network.deliver_udp(self.name, str(address), payload)
+
+    def set_keyring(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+        self.keyrings_set.append(keyring)
+
+    def conflict(self, other: NodeInfo) -> None:
+        """Memberlist saw an alive message giving a known name another address."""
+        existing = self.known.get(other.name)
+        assert existing is not None, f"{self.name} knows no {other.name}"
+        notify = getattr(self.layer, "notify_conflict", None)
+        assert notify is not None
+        notify(existing, other)

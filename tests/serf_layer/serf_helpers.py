@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 from collections.abc import Mapping
 
 from fake_memberlist import DEFAULT_VSN
 
 from agentrpc.gossip.contract import NodeInfo, NodeState, Vsn
+from agentrpc.gossip.security import Keyring
 from agentrpc.gossip.serf import MemberEvent, SerfConfig, SerfState
 from agentrpc.gossip.serf_messages import encode_tags
 from agentrpc.log_protocol import CaptureLog
@@ -58,13 +60,25 @@ def node_info(
 class Serf:
     """A SerfState with its clock, log and event record, for single-node tests."""
 
-    def __init__(self, name: str = "node1", config: SerfConfig | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "node1",
+        config: SerfConfig | None = None,
+        *,
+        keyring: Keyring | None = None,
+        seed: int = 1,
+    ) -> None:
         self.clock = ManualClock()
         self.log = RecordingLog()
         self.events: list[MemberEvent] = []
         config = config if config is not None else SerfConfig(node_name=name)
         self.state = SerfState(
-            config, logger=self.log, clock=self.clock, on_event=self.events.append
+            config,
+            logger=self.log,
+            clock=self.clock,
+            on_event=self.events.append,
+            rng=random.Random(seed),
+            keyring=keyring,
         )
 
     def join_self(self, host: str = "127.0.0.1") -> None:

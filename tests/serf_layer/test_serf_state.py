@@ -315,13 +315,15 @@ def test_no_refutation_once_we_are_leaving() -> None:
     assert not any(isinstance(message, JoinIntent) for message in queued(serf.state))
 
 
-def test_user_events_and_queries_only_move_their_clocks() -> None:
+def test_user_events_and_queries_move_their_own_clocks_and_queues() -> None:
+    """Each kind of message moves its own clock and rides its own queue (the upper layer
+    itself is tested in test_user_events.py and test_queries.py)."""
     serf = Serf()
     state = serf.state
-    state.notify_message(encode_serf_message(UserEvent(50, "deploy", b"v2")))
-    state.notify_message(
-        encode_serf_message(Query(30, 7, b"\x7f\x00\x00\x01", 7946, "node9", name="ping"))
-    )
+    event = encode_serf_message(UserEvent(50, "deploy", b"v2"))
+    query = encode_serf_message(Query(30, 7, b"\x7f\x00\x00\x01", 7946, "node9", name="ping"))
+    state.notify_message(event)
+    state.notify_message(query)
     state.notify_message(encode_serf_message(QueryResponse(30, 7, "node9")))
     state.notify_message(
         encode_serf_message(Relay(b"\x7f\x00\x00\x01", 7946, "node9", join(3, "x")))
@@ -329,9 +331,13 @@ def test_user_events_and_queries_only_move_their_clocks() -> None:
     assert state.event_clock.time() == 51
     assert state.query_clock.time() == 31
     assert state.clock.time() == 1
-    assert queued(state) == []
-    assert "DEBUG messageUserEventType: deploy (ignored)" in serf.log.lines
-    assert "DEBUG messageQueryType: ping (ignored)" in serf.log.lines
+    assert len(state.broadcasts) == 0
+    assert (len(state.event_broadcasts), len(state.query_broadcasts)) == (1, 1)
+    assert queued(state) == [decode_serf_message(query), decode_serf_message(event)]
+    assert "DEBUG messageUserEventType: deploy" in serf.log.lines
+    assert "DEBUG messageQueryType: ping" in serf.log.lines
+    assert serf.log.has("reply for non-running query (LTime: 30, ID: 7) From: node9")
+    assert serf.log.has("Not relaying a non-response")  # a relayed intent is refused
 
 
 def test_undecodable_messages_are_logged_and_dropped() -> None:
@@ -487,7 +493,7 @@ def test_local_state_carries_clocks_status_times_and_left_members() -> None:
     assert dict(decoded.status_ltimes) == {"node1": 0, "node2": 4, "node3": 5}
     assert decoded.left_members == ("node3",)
     assert decoded.event_ltime == 10 and decoded.query_ltime == 1
-    assert decoded.events == ()
+    assert decoded.events == (None,) * 512  # serf's event ring: empty slots travel as nil
     assert encode_serf_message(decoded) == raw  # byte-level round trip
 
 
