@@ -6,6 +6,10 @@ that answer at once run inline in the reader (no task per frame), the others run
 handler coroutines in the connection's nursery so that a slow ``join`` never delays the
 ``members-lan`` pipelined behind it; the monitor stream runs in a cancel scope keyed by its Seq.
 
+What each request calls for is not decided here: the sans-I/O
+:class:`~agentrpc.protocol.rpc_session.RPCSession` holds the protocol state (handshake, token,
+the active monitor) and returns a decision per request; this module only carries it out.
+
 Closing happens in order, never by throwing queued replies away: the reader stops, the monitor
 scope is cancelled (its ``stop`` reply therefore can never be followed by a line of its Seq),
 in-flight handlers get a bounded drain time, the outgoing channel is closed, the writer sends
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import hmac
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -26,29 +29,20 @@ import trio
 
 from . import defaults
 from .budget import DEFAULT_CONNECTION_BYTES, ConnectionBudget, SharedBudget
-from .log_protocol import DEBUG, WARN, clip
-from .logs import Logger, LogSubscription
+from .log_protocol import DEBUG, WARN, LogLike, clip
+from .logs import LogSubscription
 from .protocol.bodies import BODY_DECODERS
-from .protocol.codec import READ_SIZE, Request, RequestDecoder, ResponseEncoder, text_bytes
-from .protocol.constants import (
-    COMMANDS,
-    DEFAULT_MAX_FRAME_SIZE,
-    ERR_DUPLICATE_HANDSHAKE,
-    ERR_HANDSHAKE_REQUIRED,
-    ERR_MONITOR_EXISTS,
-    ERR_PERMISSION_DENIED,
-    ERR_SHUTTING_DOWN,
-    ERR_UNKNOWN_LOG_LEVEL,
-    ERR_UNSUPPORTED_COMMAND,
-    ERR_UNSUPPORTED_VERSION,
-    ERROR_BODIES,
-    HANDSHAKE,
-    LEVEL_INDEX,
-    MONITOR,
-    RPC_VERSION,
-    STOP,
-)
+from .protocol.codec import READ_SIZE, Request, RequestDecoder, ResponseEncoder
+from .protocol.constants import DEFAULT_MAX_FRAME_SIZE, ERR_SHUTTING_DOWN, ERROR_BODIES
 from .protocol.errors import ProtocolError
+from .protocol.rpc_session import (
+    BEFORE_HANDSHAKE,
+    INSTANT,
+    SUCCESS,
+    Decision,
+    Kind,
+    RPCSession,
+)
 from .transports.fastpath import try_send_nowait
 
 Reply = tuple[str, Any]
@@ -135,7 +129,7 @@ class RPCServices(Protocol):
     def rpc_stats(self) -> RPCStats: ...
 
     @property
-    def rpc_log(self) -> Logger: ...
+    def rpc_log(self) -> LogLike: ...
 
     @property
     def rpc_token(self) -> str:
@@ -148,11 +142,6 @@ class RPCServices(Protocol):
         ...
 
     def subscribe_log(self, min_level: int, queue_size: int) -> LogSubscription: ...
-
-
-def _token_matches(request: Request, token: str) -> bool:
-    sent = request.token
-    return sent is not None and hmac.compare_digest(text_bytes(sent), text_bytes(token))
 
 
 class EndReason(enum.Enum):
@@ -190,7 +179,7 @@ class RPCConnection:
         self._budget = ConnectionBudget(self._limits.send_queue_bytes, services.send_budget)
         # Seq -> command of the handlers still running (answered with an error at shutdown).
         self._running: dict[int, str] = {}
-        self._handshaken = False
+        self._session = RPCSession(self._instant, self._async, services.rpc_token)
         # True only while the writer waits on an empty channel and nothing was queued since.
         self._writer_waiting = False
         self._inflight = trio.Semaphore(self._limits.max_inflight)
@@ -315,7 +304,7 @@ class RPCConnection:
                 return EndReason.PEER_GONE
         if self._close_reason is not None:
             return self._close_reason
-        if self._handshaken:
+        if self._session.handshaken:
             self._stats.idle_timeouts += 1
             self._log.throttled(DEBUG, "idle", f"closing idle connection from {self.peer}")
             return EndReason.IDLE_TIMEOUT
@@ -330,7 +319,7 @@ class RPCConnection:
     def _arm_idle_deadline(self) -> None:
         """Before each read: an idle deadline only when nothing is streaming or in flight."""
         idle = self._limits.idle_timeout
-        if idle <= 0 or not self._handshaken:
+        if idle <= 0 or not self._session.handshaken:
             return
         quiet = self._monitor is None and self._inflight.value == self._limits.max_inflight
         self._reader_scope.deadline = trio.current_time() + idle if quiet else math.inf
@@ -338,14 +327,15 @@ class RPCConnection:
     async def _refuse(self, exc: ProtocolError) -> EndReason:
         """Answer a malformed request with a clear error where its Seq is known, then close."""
         self._stats.protocol_errors += 1
-        detail = clip(exc)
+        decision = self._session.malformed(exc)
         self._log.throttled(
-            WARN, "malformed", f"closing connection from {self.peer}: malformed request: {detail}"
+            WARN,
+            "malformed",
+            f"closing connection from {self.peer}: malformed request: {clip(exc)}",
         )
         if exc.seq is not None:
-            body = ERROR_BODIES.get(exc.command or "")
             with trio.move_on_after(self._limits.drain_timeout):
-                await self.send_reply(exc.seq, f"Malformed request: {detail}", body)
+                await self.send_reply(exc.seq, decision.error, decision.body)
         return EndReason.FATAL
 
     async def _read_requests(self) -> EndReason:
@@ -366,24 +356,38 @@ class RPCConnection:
     async def _answer_requests(self, decoder: RequestDecoder) -> bool:
         """Answer every whole request in ``decoder``, in order; False: close the connection.
 
-        Answers made at once (:meth:`_answer_at_once`) are batched into one hand-over to the
-        writer; every other request goes to :meth:`_dispatch`. A malformed request raises
+        The session decides for each request. Decisions answered at once (an instant command,
+        a plain ``stop``, the gate's errors: :meth:`_answer`) are batched into one hand-over to
+        the writer; the others go to :meth:`_dispatch`. A malformed request raises
         ProtocolError once the answers before it are handed over."""
         stats = self._stats
+        session = self._session
+        # Read for every batch: a reloaded token applies from the next read on.
+        session.token = self._services.rpc_token
+        receive = session.receive
+        instant, instant_decision, success = self._instant, INSTANT, SUCCESS
+        encoder = self._encoder
         out: list[bytes] = []
         count = 0
         pending = 0
-        token = self._services.rpc_token
         try:
             for request in decoder:
                 count += 1
-                frame = self._answer_at_once(request, token) if self._handshaken else None
-                if frame is None:
-                    if not await self._dispatch(request, out):
-                        stats.frames_in += count
-                        await self._flush(out)
-                        return False
-                    continue
+                decision = receive(request)
+                if decision is instant_decision:
+                    error, body = instant[request.command](request.body)
+                    frame = encoder.response(request.seq, error, body)
+                elif decision is success:
+                    frame = encoder.header(request.seq)
+                else:
+                    answer = self._answer(decision, request)
+                    if answer is None:
+                        if not await self._dispatch(decision, request, out):
+                            stats.frames_in += count
+                            await self._flush(out)
+                            return False
+                        continue
+                    frame = answer
                 out.append(frame)
                 pending += len(frame)
                 if pending >= FLUSH_BYTES:
@@ -402,23 +406,23 @@ class RPCConnection:
         await self._flush(out)
         return True
 
-    def _answer_at_once(self, request: Request, token: str) -> bytes | None:
-        """The reply frame of a request of a handshaken connection that needs no waiting (a
-        refused token, ``stop``, an instant command), or None when it must be dispatched."""
-        command = request.command
-        if token and command != HANDSHAKE and not _token_matches(request, token):
+    def _answer(self, decision: Decision, request: Request) -> bytes | None:
+        """The reply frame of a decision answered at once (besides the two hot ones), or None
+        when the decision needs :meth:`_dispatch`."""
+        kind = decision.kind
+        if kind is Kind.ANSWER:
+            return self._encoder.response(request.seq, decision.error, decision.body)
+        if kind is Kind.DENIED:
             self._stats.permission_denied += 1
-            return self._encoder.response(
-                request.seq, ERR_PERMISSION_DENIED, ERROR_BODIES.get(command)
-            )
-        if command == STOP:
-            self._stop(request.body)
+            return self._encoder.response(request.seq, decision.error, decision.body)
+        if kind is Kind.STOP_MONITOR:
+            # Cancelled before the reply is queued: no line of that Seq can follow it.
+            self._cancel_monitor()
             return self._encoder.header(request.seq)
-        handler = self._instant.get(command)
-        if handler is None:
-            return None
-        error, body = handler(request.body)
-        return self._encoder.response(request.seq, error, body)
+        if kind is Kind.HANDSHAKEN:
+            self._reader_scope.deadline = math.inf
+            return self._encoder.header(request.seq)
+        return None
 
     async def _flush(self, out: list[bytes]) -> None:
         if out:
@@ -436,49 +440,30 @@ class RPCConnection:
                     data = data[sent:]
             await self._queue(data)
 
-    async def _dispatch(self, request: Request, out: list[bytes]) -> bool:
-        """Handle what is not an instant command; False means: close after ``out``."""
-        command, seq = request.command, request.seq
-        encoder = self._encoder
-        if command == HANDSHAKE:
-            out.append(encoder.header(seq, self._handshake(request.body)))
+    async def _dispatch(self, decision: Decision, request: Request, out: list[bytes]) -> bool:
+        """Carry out a decision that is more than a reply; False means: close after ``out``."""
+        kind = decision.kind
+        if kind is Kind.RUN:
+            assert self._work is not None
+            if self._inflight.value == 0:
+                await self._flush(out)  # what is answered already goes out while we wait
+            await self._inflight.acquire()
+            self._work.start_soon(self._run_handler, self._async[request.command], request)
             return True
-        if not self._handshaken:
-            self._log.throttled(
-                DEBUG,
-                "before-handshake",
-                f"closing connection from {self.peer}: {clip(command)!r} before handshake",
-            )
-            out.append(encoder.header(seq, ERR_HANDSHAKE_REQUIRED))
-            return False
-        if command == MONITOR:
-            await self._start_monitor(request, out)
+        if kind is Kind.START_MONITOR:
+            await self._start_monitor(decision.level, request.seq, out)
             return True
-        handler = self._async.get(command)
-        if handler is None or command not in COMMANDS:
-            self._log.throttled(
-                DEBUG,
-                "unsupported-command",
-                f"closing connection from {self.peer}: unsupported command {clip(command)!r}",
-            )
-            out.append(encoder.header(seq, ERR_UNSUPPORTED_COMMAND))
-            return False
-        assert self._work is not None
-        if self._inflight.value == 0:
-            await self._flush(out)  # what is answered already goes out while we wait
-        await self._inflight.acquire()
-        self._work.start_soon(self._run_handler, handler, request)
-        return True
+        if kind is Kind.CLOSE:
+            self._log_refusal(decision, request.command)
+            out.append(self._encoder.response(request.seq, decision.error, decision.body))
+        return False  # CLOSE, or IGNORE (the session is closed already)
 
-    def _handshake(self, body: Any) -> str:
-        version = body
-        if version != RPC_VERSION:
-            return ERR_UNSUPPORTED_VERSION
-        if self._handshaken:
-            return ERR_DUPLICATE_HANDSHAKE
-        self._handshaken = True
-        self._reader_scope.deadline = math.inf
-        return ""
+    def _log_refusal(self, decision: Decision, command: str) -> None:
+        if decision is BEFORE_HANDSHAKE:
+            key, what = "before-handshake", f"{clip(command)!r} before handshake"
+        else:
+            key, what = "unsupported-command", f"unsupported command {clip(command)!r}"
+        self._log.throttled(DEBUG, key, f"closing connection from {self.peer}: {what}")
 
     async def _run_handler(self, handler: AsyncHandler, request: Request) -> None:
         seq = request.seq
@@ -500,17 +485,8 @@ class RPCConnection:
 
     # ------------------------------------------------------------------ monitor
 
-    async def _start_monitor(self, request: Request, out: list[bytes]) -> None:
-        seq = request.seq
-        level_name = request.body.upper()
-        level = LEVEL_INDEX.get(level_name)
-        if level is None:
-            # The reference echoes the level; never more than a bounded part of it.
-            out.append(self._encoder.header(seq, ERR_UNKNOWN_LOG_LEVEL + clip(level_name)))
-            return
-        if self._monitor is not None:
-            out.append(self._encoder.header(seq, ERR_MONITOR_EXISTS))
-            return
+    async def _start_monitor(self, level: int, seq: int, out: list[bytes]) -> None:
+        """The session accepted a monitor of ``seq``: subscribe, ack, then stream."""
         subscription = self._services.subscribe_log(level, self._limits.monitor_queue)
         monitor = _Monitor(seq, subscription)
         self._monitor = monitor
@@ -520,15 +496,11 @@ class RPCConnection:
         assert self._work is not None
         self._work.start_soon(self._stream_logs, monitor)
 
-    def _stop(self, stream_seq: int) -> None:
-        """``stop``: end the monitor of that Seq, if any (always a success, as the reference)."""
-        if self._monitor is not None and self._monitor.seq == stream_seq:
-            self._cancel_monitor()
-
     def _cancel_monitor(self) -> None:
         monitor = self._monitor
         if monitor is not None:
             self._monitor = None
+            self._session.monitor_ended(monitor.seq)
             monitor.scope.cancel()
             # Stop queueing lines now; the stream task itself releases the queue as it exits.
             monitor.subscription.end()
@@ -579,3 +551,4 @@ class RPCConnection:
             subscription.close()
             if self._monitor is monitor:
                 self._monitor = None
+                self._session.monitor_ended(monitor.seq)

@@ -23,7 +23,13 @@ from typing import Any, Final, NamedTuple
 
 import msgpack
 
-from .constants import COMMANDS_WITH_BODY, DEFAULT_MAX_FRAME_SIZE
+from .constants import (
+    COMMANDS_WITH_BODY,
+    DEFAULT_MAX_FRAME_SIZE,
+    ERR_AUTH_REQUIRED,
+    ERR_HANDSHAKE_REQUIRED,
+    ERR_UNSUPPORTED_COMMAND,
+)
 from .errors import FrameTooLarge, ProtocolError
 from .msgpack_wire import (
     MAX_UINT64,
@@ -42,6 +48,13 @@ from .msgpack_wire import (
 )
 
 MAX_SEQ: Final = MAX_UINT64
+HEADER_ONLY_ERRORS: Final = frozenset(
+    {ERR_HANDSHAKE_REQUIRED, ERR_UNSUPPORTED_COMMAND, ERR_AUTH_REQUIRED}
+)
+"""Errors the agents' request gate answers with a bare header whatever the command (serf's
+``ipc.go`` and Consul's ``rpc.go`` send them before any handler, with no body; so do ours)."""
+RETIRED_STREAMS: Final = 1024
+"""How many stopped streams a :class:`ResponseDecoder` remembers (their stragglers)."""
 
 
 class Request(NamedTuple):
@@ -246,26 +259,52 @@ class ResponseDecoder:
     A response header does not say whether a body follows; the client knows from the command it
     sent. ``expect(seq, body=..., stream=...)`` registers that: ``body`` for one body after the
     header, ``stream`` for a monitor (the first frame is a bare ack, every later frame of that
-    Seq carries a body) until ``forget(seq)``. Headers of unknown Seq are skipped without a body,
-    as the reference client does.
+    Seq carries a body) until ``forget(seq)`` or ``retire(seq)``. Headers of unknown Seq are
+    skipped without a body, as the reference client does.
+
+    A stream the client stopped is retired, not forgotten: serf's agent does not promise
+    that nothing of a stream's Seq follows the reply to its ``stop`` (its log streamer drains
+    the lines already queued, up to hundreds, after that reply), so every later frame of a
+    retired Seq is a header and a body, both dropped. Read as a bare header instead, the body
+    would be taken for the next header and the connection lost.
     """
 
-    __slots__ = ("_expect", "_pending", "_streams", "_unpacker")
+    __slots__ = ("_expect", "_pending", "_retired", "_streams", "_unpacker")
 
     def __init__(self, max_frame_size: int = 64 * DEFAULT_MAX_FRAME_SIZE) -> None:
         self._unpacker = bounded_unpacker(max_frame_size)
         self._expect: dict[int, bool] = {}
         self._streams: set[int] = set()
         self._pending: tuple[int, str] | None = None
+        """A header whose body comes next: its Seq and Error (Seq -1: a retired stream's
+        frame, whose body is dropped)."""
+        self._retired: dict[int, None] = {}
+        """The Seqs of stopped streams, oldest first, at most :data:`RETIRED_STREAMS`."""
 
     def expect(self, seq: int, *, body: bool, stream: bool = False) -> None:
+        self._retired.pop(seq, None)
         self._expect[seq] = body
         if stream:
             self._streams.add(seq)
 
     def forget(self, seq: int) -> None:
+        """Nothing more comes for ``seq`` (a call's reply, a query's last record): a later
+        header of it is one of unknown Seq."""
         self._expect.pop(seq, None)
         self._streams.discard(seq)
+
+    def retire(self, seq: int) -> None:
+        """The stream of ``seq`` was stopped: frames of it may still come, each a header and
+        a body, and are dropped. The last :data:`RETIRED_STREAMS` stopped streams are kept
+        (serf sends its stragglers right after the ``stop`` reply, so older ones are done).
+        A stream not acked yet stays expected as it is: its ack is a bare header."""
+        if seq in self._streams and not self._expect.get(seq):
+            return
+        self.forget(seq)
+        retired = self._retired
+        retired[seq] = None
+        if len(retired) > RETIRED_STREAMS:
+            del retired[next(iter(retired))]
 
     def feed(self, data: bytes | bytearray) -> None:
         try:
@@ -287,7 +326,8 @@ class ResponseDecoder:
             pending = self._pending
             if pending is not None:
                 self._pending = None
-                yield Response(pending[0], pending[1], obj)
+                if pending[0] >= 0:
+                    yield Response(pending[0], pending[1], obj)
                 continue
             if type(obj) is not dict:
                 raise ProtocolError(f"response header must be a map, got {type(obj).__name__}")
@@ -298,6 +338,9 @@ class ResponseDecoder:
             if not is_uint64(seq) or error is None:
                 raise ProtocolError("response header needs Seq (uint64) and Error (str)")
             wants_body = self._expect.get(seq)
+            if wants_body is None and seq in self._retired:
+                self._pending = (-1, "")  # a stopped stream's straggler: drop its body too
+                continue
             if seq in self._streams:
                 if wants_body:
                     # A stream frame after the ack: a body follows.
@@ -312,6 +355,8 @@ class ResponseDecoder:
                 continue
             if wants_body is not None:
                 del self._expect[seq]
+            if wants_body and error in HEADER_ONLY_ERRORS:
+                wants_body = False  # the gate refused the request before any handler ran
             if wants_body:
                 self._pending = (seq, error)
             else:

@@ -170,8 +170,9 @@ async def test_stats_sections_are_maps_of_strings(transport: str) -> None:
         body = (await conn.call("stats", reply_body=True)).body
         assert set(body) == {
             "agent", "build", "runtime", "serf_lan", "serf_wan", "rpc",
-            "memberlist_lan", "memberlist_wan",
+            "memberlist_lan", "memberlist_wan", "consul", "raft",
         }  # fmt: skip
+        assert {"state", "term", "commit_index", "applied_index", "num_peers"} <= set(body["raft"])
         assert {"packets_received", "bad_packets", "probes"} <= set(body["memberlist_lan"])
         for section in body.values():
             assert all(isinstance(k, str) and isinstance(v, str) for k, v in section.items())

@@ -123,7 +123,8 @@ async def test_stop_reply_is_never_followed_by_a_line_of_that_stream(transport: 
 
 
 async def test_monitor_replays_the_ring_filtered_then_streams_live_lines(transport: str) -> None:
-    async with running_agent(transport) as agent:
+    # A client agent: a server's election lines would land in the ring at any moment.
+    async with running_agent(transport, server=False) as agent:
         log = agent.hub.logger("test")
         for i in range(600):
             log.log(INFO if i % 3 else WARN, f"backlog {i}")
@@ -147,7 +148,8 @@ async def test_monitor_replays_the_ring_filtered_then_streams_live_lines(transpo
 
 
 async def test_monitor_replays_everything_at_trace(transport: str) -> None:
-    async with running_agent(transport) as agent:
+    # A client agent: a server's election lines would land in the ring at any moment.
+    async with running_agent(transport, server=False) as agent:
         conn = await RawConnection.open(agent)
         await conn.handshake()
         ring = agent.hub.lines()
@@ -225,7 +227,7 @@ async def test_shutdown_cancels_everything_within_the_drain_deadline(
 ) -> None:
     pool = SlowJoinPool()
     with trio.fail_after(30):
-        async with running_agent("memory", lan=pool, drain_timeout=1.0) as agent:
+        async with running_agent("memory", lan=pool, drain_timeout=1.0, server=False) as agent:
             conn = await RawConnection.open(agent)
             await conn.handshake()
             await conn.request("join", {"Existing": ["a:1"], "WAN": False}, reply_body=True)
