@@ -3,7 +3,8 @@
 An endpoint is a plain callable registered under ``"Service.Method"``: it takes the decoded
 request body and returns the reply body (or an awaitable of it). Raising
 :class:`EndpointError` answers with that Error text (and the body ``{}``, as net/rpc does); the
-stream stays open, as after any error a Go method returns.
+stream stays open, as after any error a Go method returns. :class:`BadRequestBody` (a body that
+does not decode into the method's arguments) answers the same way and then closes the stream.
 
 :class:`RPCServer` serves one byte-0 stream the way Consul's ``handleConsulConn`` loop does:
 **one request at a time, in order** (net/rpc's ``ServeRequest``), until EOF. Requests pipelined
@@ -70,12 +71,23 @@ class EndpointError(Exception):
     """Raised by an endpoint: the reply carries this text as its Error."""
 
 
+class BadRequestBody(EndpointError):
+    """Raised by an endpoint whose request body does not decode into its arguments: the reply
+    carries this text as its Error and then the stream is closed, as Go's net/rpc server ends
+    ``ServeRequest`` with the decode error (and Consul's loop closes the connection)."""
+
+
 class RPCCallError(Exception):
     """A call got no answer: connection refused or lost, malformed reply, timeout."""
 
 
 class CallTimeout(RPCCallError):
     """A call did not complete within its time limit."""
+
+
+class ConnectFailed(RPCCallError):
+    """The call never reached the server: the connection to it could not be set up, so
+    nothing was sent (a caller may safely try another server, even with a write)."""
 
 
 class RemoteError(Exception):
@@ -229,13 +241,16 @@ class RPCServer:
             )
             return encoder.response(method, seq, error, None), False
         error = ""
+        keep_open = True
         body: Any = None
         try:
             body = handler(request.body)
             if inspect.isawaitable(body):
                 body = await body
         except* EndpointError as group:
-            error = str(first_leaf(group)) or f"{method} failed"
+            leaf = first_leaf(group)
+            error = str(leaf) or f"{method} failed"
+            keep_open = not isinstance(leaf, BadRequestBody)
         except* Exception as group:
             self._log.throttled(
                 ERR,
@@ -245,7 +260,7 @@ class RPCServer:
             error = error or f"rpc: internal error in {method}"
         if error:
             self.stats.errors += 1
-            return encoder.response(method, seq, error, None), True
+            return encoder.response(method, seq, error, None), keep_open
         try:
             return encoder.response(method, seq, "", body), True
         except (TypeError, ValueError, OverflowError) as exc:

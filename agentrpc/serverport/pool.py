@@ -5,14 +5,17 @@ What goes on the wire is what the reference's ``agent/pool`` writes (``dial`` an
 byte 4 (inside TLS when it is on); then a yamux session as the client (odd stream ids). Each call
 opens a stream and writes the msgpack request on it directly: **no type byte inside the
 stream** (the server peeks the stream's first byte only to tell gossip (6) from RPC; an RPC
-request starts with a msgpack map, 0x8N). The reference keeps idle streams for reuse; this pool
-opens a fresh stream per call and closes it (FIN) after the answer, or resets it (RST) when the
-call fails or times out, which leaves the connection usable.
+request starts with a msgpack map, 0x8N). As the reference, a stream whose call succeeded
+is kept for the next call to that peer (up to :data:`MAX_IDLE_STREAMS` per connection, more are
+closed with a FIN, as is one answered with an error); one whose call failed or timed out is
+reset (RST), which leaves the connection usable.
 
 A connection whose session ended (EOF, keep-alive failure, go-away) is dropped from the pool and
 the next call dials again; opening a stream on a dead session is retried once on a new
-connection, as the reference's ``getClient`` does. Every call is bounded by ``call_timeout``. A
-call to one of this agent's own addresses (:meth:`ConnectionPool.set_local`) goes in-process.
+connection, as the reference's ``getClient`` does. Every call is bounded by ``call_timeout``.
+A connection with no call for ``max_idle`` seconds (127, the reference's) is closed by the
+pool's reaper. A call to one of this agent's own addresses (:meth:`ConnectionPool.set_local`)
+goes in-process.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import trio
@@ -28,14 +31,28 @@ import trio
 from ..log_protocol import DEBUG, LogLike, NullLog, clip
 from ..protocol.constants import DEFAULT_MAX_FRAME_SIZE
 from ..transports import DEFAULT_NETWORK, Address, MemoryNetwork, connect, parse_address
-from .endpoints import STATUS_PING, CallTimeout, RemoteError, RPCCallError, call_on_stream
+from .endpoints import (
+    STATUS_PING,
+    CallTimeout,
+    ConnectFailed,
+    RemoteError,
+    RPCCallError,
+    call_on_stream,
+)
 from .rpc_codec import DEFAULT_SERVER_PORT, RPCType
 from .tls import TLSConfig, wrap_client
-from .yamux_session import YamuxConfig, YamuxSession
+from .yamux_session import YamuxConfig, YamuxSession, YamuxStream
 
 DEFAULT_CALL_TIMEOUT: Final = 60.0
 """The reference's default ``rpc_client_timeout``."""
 DEFAULT_DIAL_TIMEOUT: Final = 10.0
+DEFAULT_MAX_IDLE: Final = 127.0
+"""Seconds a connection with no call may stay open before the reaper closes it (Consul's
+``clientRPCConnMaxIdle``); the next call to that peer dials again."""
+REAP_INTERVAL: Final = 1.0
+MAX_IDLE_STREAMS: Final = 32
+"""Streams kept open per connection for reuse once their call is answered; past that many
+idle ones, a stream is closed after its call."""
 
 LocalCall = Callable[[str, Any], Awaitable[Any]]
 """An in-process call: (method, args) -> reply body."""
@@ -43,7 +60,9 @@ LocalCall = Callable[[str, Any], Awaitable[Any]]
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
     "DEFAULT_DIAL_TIMEOUT",
+    "DEFAULT_MAX_IDLE",
     "CallTimeout",
+    "ConnectFailed",
     "ConnectionPool",
     "LocalCall",
     "PoolStats",
@@ -60,6 +79,9 @@ class PoolStats:
     local_calls: int = 0
     failures: int = 0
     timeouts: int = 0
+    reaped: int = 0
+    streams: int = 0
+    """Streams opened (a reused one counts once)."""
 
 
 @dataclass(slots=True)
@@ -67,6 +89,13 @@ class _PeerConnection:
     key: str
     address: Address
     session: YamuxSession
+    last_used: float = 0.0
+    """When a call last started or ended on it (trio's clock)."""
+    calls: int = 0
+    """Calls in flight on it: an idle connection has none."""
+    idle: list[YamuxStream] = field(default_factory=list)
+    """Streams whose call ended well, kept for the next calls (at most
+    :data:`MAX_IDLE_STREAMS`)."""
 
 
 class ConnectionPool:
@@ -83,10 +112,12 @@ class ConnectionPool:
         logger: LogLike | None = None,
         network: MemoryNetwork = DEFAULT_NETWORK,
         max_object_size: int = 64 * DEFAULT_MAX_FRAME_SIZE,
+        max_idle: float = DEFAULT_MAX_IDLE,
     ) -> None:
-        if call_timeout <= 0 or dial_timeout <= 0:
+        if call_timeout <= 0 or dial_timeout <= 0 or max_idle <= 0:
             raise ValueError("timeouts must be positive")
         self.call_timeout = call_timeout
+        self.max_idle = max_idle
         self.dial_timeout = dial_timeout
         self.stats = PoolStats()
         self._tls = tls
@@ -114,14 +145,31 @@ class ConnectionPool:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                reaper = trio.CancelScope()
+                nursery.start_soon(self._reap, reaper)
                 task_status.started(self)
                 await self._closed.wait()
+                reaper.cancel()  # at once: only the sessions may use the grace period
                 for conn in list(self._conns.values()):
                     conn.session.close()
                 nursery.cancel_scope.deadline = trio.current_time() + self._yamux.write_timeout
         finally:
             self._nursery = None
             self._conns.clear()
+
+    async def _reap(self, scope: trio.CancelScope) -> None:
+        """Close connections idle for longer than ``max_idle`` (no call for that long), as
+        the reference's pool reaper does, so a peer talked to once holds nothing forever;
+        until ``scope`` is cancelled (when the pool closes)."""
+        with scope:
+            while True:
+                await trio.sleep(min(REAP_INTERVAL, self.max_idle))
+                now = trio.current_time()
+                for conn in list(self._conns.values()):
+                    if conn.calls == 0 and now - conn.last_used >= self.max_idle:
+                        self.stats.reaped += 1
+                        self._log.debug(f"closing idle connection to {conn.address}")
+                        self._drop(conn)
 
     def close(self) -> None:
         """Stop the pool (for good): its connections go away and close; :meth:`run` then
@@ -144,16 +192,20 @@ class ConnectionPool:
 
     # ------------------------------------------------------------------ calls
 
-    async def call(self, address: str | Address, method: str, args: Any) -> Any:
+    async def call(
+        self, address: str | Address, method: str, args: Any, *, max_time: float | None = None
+    ) -> Any:
         """Call ``method`` with ``args`` on the server port at ``address``; returns the reply
         body. Raises :class:`RemoteError` (the remote Error text in ``.error``),
-        :class:`CallTimeout` after ``call_timeout``, :class:`RPCCallError` for no answer."""
+        :class:`CallTimeout` after ``max_time`` (default ``call_timeout``; a forwarded
+        blocking query needs longer), :class:`RPCCallError` for no answer."""
         target = _address(address)
+        limit = self.call_timeout if max_time is None else max_time
         if self._closed.is_set():
             raise RPCCallError(f"the connection pool is closed: cannot call {method}")
         self.stats.calls += 1
         try:
-            with trio.fail_after(self.call_timeout):
+            with trio.fail_after(limit):
                 local = self._local_call
                 if local is not None and target in self._local_addresses:
                     self.stats.local_calls += 1
@@ -161,9 +213,7 @@ class ConnectionPool:
                 return await self._remote_call(target, method, args)
         except trio.TooSlowError:
             self.stats.timeouts += 1
-            raise CallTimeout(
-                f"{method} to {target} got no answer within {self.call_timeout:g} s"
-            ) from None
+            raise CallTimeout(f"{method} to {target} got no answer within {limit:g} s") from None
         except RPCCallError:
             self.stats.failures += 1
             raise
@@ -175,33 +225,43 @@ class ConnectionPool:
     async def _remote_call(self, address: Address, method: str, args: Any) -> Any:
         for attempt in range(2):
             conn = await self._connection(address)
+            if conn.idle:
+                stream = conn.idle.pop()  # the most recently used: its windows are warm
+                break
             try:
                 stream = await conn.session.open_stream()
+                self.stats.streams += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 # The session died under us (the peer closed it, say): redial once.
                 self._drop(conn)
                 if attempt:
-                    raise RPCCallError(f"failed to start stream to {address}: {exc}") from None
+                    raise ConnectFailed(f"failed to start stream to {address}: {exc}") from None
                 continue
             break
-        completed = False
+        completed = reusable = False
+        conn.calls += 1
+        conn.last_used = trio.current_time()
         try:
             result = await call_on_stream(
                 stream, method, args, seq=next(self._seq), max_object_size=self._max_object_size
             )
-            completed = True
+            completed = reusable = True
         except RemoteError:
-            completed = True
+            completed = True  # answered: closed, not reused (the server may end it after some)
             raise
         except RPCCallError:
             if conn.session.is_closed:
                 self._drop(conn)
             raise
         finally:
-            if completed:
-                stream.close_nowait()
-            else:
+            conn.calls -= 1
+            conn.last_used = trio.current_time()
+            if not completed:
                 stream.reset()
+            elif reusable and len(conn.idle) < MAX_IDLE_STREAMS and not conn.session.is_closed:
+                conn.idle.append(stream)
+            else:
+                stream.close_nowait()
         return result
 
     # ------------------------------------------------------------------ connections
@@ -229,7 +289,7 @@ class ConnectionPool:
             await waiting.wait()
             conn = self._live(key)
             if conn is None:
-                raise RPCCallError(f"failed to connect to {address}")
+                raise ConnectFailed(f"failed to connect to {address}")
             return conn
         dialed = trio.Event()
         self._dialing[key] = dialed
@@ -250,16 +310,16 @@ class ConnectionPool:
             with trio.fail_after(self.dial_timeout):
                 transport = await self._open_transport(address)
         except trio.TooSlowError:
-            raise CallTimeout(f"connecting to {address} timed out") from None
+            raise ConnectFailed(f"connecting to {address} timed out") from None
         except OSError as exc:
-            raise RPCCallError(f"failed to connect to {address}: {exc}") from None
+            raise ConnectFailed(f"failed to connect to {address}: {exc}") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             cause = exc.__cause__ or exc
-            raise RPCCallError(f"failed to set up the connection to {address}: {cause}") from None
+            raise ConnectFailed(f"failed to set up the connection to {address}: {cause}") from None
         session = YamuxSession(
             transport, client=True, config=self._yamux, logger=self._log, peer=str(address)
         )
-        conn = _PeerConnection(key, address, session)
+        conn = _PeerConnection(key, address, session, last_used=trio.current_time())
         await nursery.start(self._run_session, conn)
         self._log.debug(f"connected to server port {address}")
         return conn

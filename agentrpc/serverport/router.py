@@ -7,6 +7,7 @@ within a deadline (5 s by default) and hands the connection to a small handler f
 byte  handling
 ====  ==============================================================================
 0     msgpack RPC between agents (:class:`~agentrpc.serverport.endpoints.RPCServer`)
+1     Raft (hashicorp NetworkTransport), handed to the registered raft handler
 3     TLS: handshake as server, then read a *second* type byte inside and route again
 4     yamux session; each accepted stream is RPC, unless its first byte is 6 (gossip)
 6     a gossip stream, handed to the registered gossip stream handler
@@ -14,9 +15,10 @@ byte  handling
       restricted to endpoints registered with ``insecure=True`` (as the reference)
 ====  ==============================================================================
 
-Anything else (1 Raft, 2 old multiplex, 5 snapshot, 8 gRPC, unknown values) is logged as
-``unrecognized RPC byte`` with the value and the peer, and closed. With ``verify_incoming`` a
-plain connection whose byte is not 3 or 7 is logged and closed; TLS inside TLS is refused.
+Byte 1 without a registered raft handler, and anything else (2 old multiplex, 5 snapshot, 8
+gRPC, unknown values) is logged as ``unrecognized RPC byte`` with the value and the peer, and
+closed. With ``verify_incoming`` a plain connection whose byte is not 3 or 7 is logged and
+closed; TLS inside TLS is refused.
 A per-client-IP cap (100 by default, 0 for none, changeable at run time) closes extra
 connections. Each connection handler catches its own errors: one connection never takes the
 server down. Every line a peer can cause is logged through the per-kind throttle (at most one
@@ -54,6 +56,11 @@ ERR_CONN_LIMIT: Final = "rejecting RPC conn because rpc_max_conns_per_client exc
 
 GossipStreamHandler = Callable[[trio.abc.Stream, str], Awaitable[None]]
 """Takes a gossip stream (its type byte consumed) and the peer's name; owns the stream."""
+
+RaftStreamHandler = Callable[[trio.abc.Stream, str], Awaitable[None]]
+"""Takes a Raft connection (its type byte 1 consumed) and the peer's name; the router closes
+the stream when the handler returns. The router never imports the Raft layer: the agent passes
+the engine's handler in."""
 
 _EXPECTED_ERRORS: Final = (
     trio.BrokenResourceError,
@@ -148,6 +155,7 @@ class Router:
         tls: TLSConfig | None = None,
         limits: RouterLimits | None = None,
         gossip_handler: GossipStreamHandler | None = None,
+        raft_handler: RaftStreamHandler | None = None,
         send_budget: SharedBudget | None = None,
     ) -> None:
         self.rpc = rpc
@@ -163,11 +171,13 @@ class Router:
             self._tls_insecure_context = tls.server_context(verify_client=False)
         self._admission = AdmissionCounter(max_per_client=limits.max_conns_per_client)
         self._gossip = gossip_handler
+        self._raft = raft_handler
         self.send_budget = send_budget
         """The agent-wide byte budget that yamux sessions draw on (None: per session only)."""
         self._sessions: set[YamuxSession] = set()
         self._handlers: dict[int, RouteHandler] = {
             RPCType.CONSUL: self._route_rpc,
+            RPCType.RAFT: self._route_raft,
             RPCType.TLS: self._route_tls,
             RPCType.MULTIPLEX_V2: self._route_mux,
             RPCType.GOSSIP: self._route_gossip,
@@ -189,6 +199,11 @@ class Router:
         """Register (or remove) the handler of gossip streams (byte 6, and mux streams that
         start with 6)."""
         self._gossip = handler
+
+    def set_raft_handler(self, handler: RaftStreamHandler | None) -> None:
+        """Register (or remove) the handler of Raft connections (byte 1, and byte 1 inside
+        TLS); without one, byte 1 is refused as unrecognized."""
+        self._raft = handler
 
     @property
     def max_conns_per_client(self) -> int:
@@ -239,23 +254,30 @@ class Router:
     async def _serve(self, stream: trio.abc.Stream, context: _Context) -> None:
         self.stats.connections += 1
         try:
-            await self._route(stream, context)
-        except* _EXPECTED_ERRORS as group:
-            self._log.throttled(
-                DEBUG,
-                "server-port:connection-ended",
-                f"connection from {context.peer} ended: {clip(repr(first_leaf(group)))}",
-            )
-        except* Exception as group:
-            # A bug, not the peer's fault: log it loudly (once a second), serve everyone else.
-            self._log.throttled(
-                ERR,
-                "server-port:connection-failed",
-                f"connection from {context.peer} failed: {describe_failure(group)}",
-            )
+            await self._guarded("connection", context.peer, self._route(stream, context))
         finally:
             self.stats.connections -= 1
             await trio.aclose_forcefully(stream)
+
+    async def _guarded(self, what: str, peer: str, work: Awaitable[None]) -> None:
+        """Run one connection's (or mux stream's) work: what the peer causes ends it with a
+        DEBUG line; anything else is a bug, logged loudly (once a second) while everyone else
+        is still served."""
+        key = what.replace(" ", "-")
+        try:
+            await work
+        except* _EXPECTED_ERRORS as group:
+            self._log.throttled(
+                DEBUG,
+                f"server-port:{key}-ended",
+                f"{what} from {peer} ended: {clip(repr(first_leaf(group)))}",
+            )
+        except* Exception as group:
+            self._log.throttled(
+                ERR,
+                f"server-port:{key}-failed",
+                f"{what} from {peer} failed: {describe_failure(group)}",
+            )
 
     async def _route(
         self, stream: trio.abc.Stream, context: _Context, deadline: float | None = None
@@ -307,6 +329,13 @@ class Router:
         handler = self._gossip
         if handler is None:
             self._unrecognized(RPCType.GOSSIP, context.peer)
+            return
+        await handler(stream, context.peer)
+
+    async def _route_raft(self, stream: trio.abc.Stream, context: _Context) -> None:
+        handler = self._raft
+        if handler is None:
+            self._unrecognized(RPCType.RAFT, context.peer)
             return
         await handler(stream, context.peer)
 
@@ -395,40 +424,31 @@ class Router:
     async def _serve_mux_stream(self, sub: trio.abc.HalfCloseableStream, context: _Context) -> None:
         self.stats.mux_streams += 1
         try:
-            with trio.move_on_after(self.limits.first_byte_timeout) as scope:
-                first = await sub.receive_some()
-            if scope.cancelled_caught:
-                self._log.throttled(
-                    WARN,
-                    "server-port:mux-first-byte-timeout",
-                    f"closing mux stream from {context.peer}: no data in time",
-                )
-                return
-            if not first:
-                return
-            if first[0] == RPCType.GOSSIP:
-                handler = self._gossip
-                if handler is None:
-                    self._unrecognized(RPCType.GOSSIP, context.peer)
-                    return
-                await handler(PrefixedStream(sub, first[1:]), context.peer)
-            else:
-                await self.rpc.serve(sub, context.peer, initial=first)
-        except* _EXPECTED_ERRORS as group:
-            self._log.throttled(
-                DEBUG,
-                "server-port:mux-stream-ended",
-                f"mux stream from {context.peer} ended: {clip(repr(first_leaf(group)))}",
-            )
-        except* Exception as group:
-            self._log.throttled(
-                ERR,
-                "server-port:mux-stream-failed",
-                f"mux stream from {context.peer} failed: {describe_failure(group)}",
-            )
+            await self._guarded("mux stream", context.peer, self._route_mux_stream(sub, context))
         finally:
             self.stats.mux_streams -= 1
             await trio.aclose_forcefully(sub)
+
+    async def _route_mux_stream(self, sub: trio.abc.HalfCloseableStream, context: _Context) -> None:
+        with trio.move_on_after(self.limits.first_byte_timeout) as scope:
+            first = await sub.receive_some()
+        if scope.cancelled_caught:
+            self._log.throttled(
+                WARN,
+                "server-port:mux-first-byte-timeout",
+                f"closing mux stream from {context.peer}: no data in time",
+            )
+            return
+        if not first:
+            return
+        if first[0] == RPCType.GOSSIP:
+            handler = self._gossip
+            if handler is None:
+                self._unrecognized(RPCType.GOSSIP, context.peer)
+                return
+            await handler(PrefixedStream(sub, first[1:]), context.peer)
+        else:
+            await self.rpc.serve(sub, context.peer, initial=first)
 
 
 __all__ = [

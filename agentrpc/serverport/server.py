@@ -20,6 +20,7 @@ Consul's in :mod:`agentrpc.consul_servers`). Wiring, for the agent::
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import trio
@@ -30,16 +31,56 @@ from ..log_protocol import LogLike
 from ..transports import (
     DEFAULT_NETWORK,
     Address,
+    BoundListener,
     MemoryNetwork,
     open_listeners,
     parse_address as _parse,
 )
 from .endpoints import Endpoints, RPCServer
-from .router import GossipStreamHandler, Router, RouterLimits
+from .router import GossipStreamHandler, RaftStreamHandler, Router, RouterLimits
 from .rpc_codec import DEFAULT_SERVER_PORT
 from .tls import TLSConfig
 
 DEFAULT_DRAIN_TIMEOUT: Final = DRAIN_TIMEOUT
+
+
+async def serve_until(
+    bound: list[BoundListener],
+    handler: Callable[[trio.abc.Stream], Awaitable[object]],
+    stop: trio.Event,
+    *,
+    log: LogLike,
+    what: str,
+    drain: Callable[[], float],
+    task_status: trio.TaskStatus[Address],
+) -> None:
+    """Serve every connection of ``bound`` with ``handler`` until ``stop`` is set.
+
+    Logs ``"<what> listening on <address>"`` for each listener and reports the first bound
+    address through ``task_status``. On ``stop`` it stops accepting, then calls ``drain()``,
+    which closes what should go at once and returns the seconds the open connections get
+    before they are cancelled. The connections run in a nursery of this call, so it returns
+    once they are done; the listeners are closed however it ends. (The agent's RPC listeners
+    and the HTTP API serve the same way.)
+    """
+    listeners = [listener for listener, _ in bound]
+    for _, address in bound:
+        log.info(f"{what} listening on {address}")
+    try:
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as services:
+                services.start_soon(
+                    functools.partial(
+                        trio.serve_listeners, handler, listeners, handler_nursery=connections
+                    )
+                )
+                task_status.started(bound[0][1])
+                await stop.wait()
+                services.cancel_scope.cancel()
+            connections.cancel_scope.deadline = trio.current_time() + drain()
+    finally:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
 
 
 class ServerPort:
@@ -95,29 +136,20 @@ class ServerPort:
         ``drain_timeout`` seconds to finish before they are cancelled.
         """
         bound = await open_listeners(self.bind, network=self._network)
-        listeners = [listener for listener, _ in bound]
         self.address = bound[0][1]
-        for _, address in bound:
-            self._log.info(f"server port listening on {address}")
-        try:
-            async with trio.open_nursery() as connections:
-                async with trio.open_nursery() as services:
-                    services.start_soon(
-                        functools.partial(
-                            trio.serve_listeners,
-                            self.router.handle_connection,
-                            listeners,
-                            handler_nursery=connections,
-                        )
-                    )
-                    task_status.started(self.address)
-                    await self._shutdown.wait()
-                    services.cancel_scope.cancel()
-                self.router.close_sessions()
-                connections.cancel_scope.deadline = trio.current_time() + self._drain_timeout
-        finally:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
+        await serve_until(
+            bound,
+            self.router.handle_connection,
+            self._shutdown,
+            log=self._log,
+            what="server port",
+            drain=self._drain,
+            task_status=task_status,
+        )
+
+    def _drain(self) -> float:
+        self.router.close_sessions()
+        return self._drain_timeout
 
     def shutdown(self) -> None:
         """Stop accepting and close; :meth:`run` returns once connections are done."""
@@ -146,6 +178,10 @@ class ServerPort:
 
     def set_gossip_handler(self, handler: GossipStreamHandler | None) -> None:
         self.router.set_gossip_handler(handler)
+
+    def set_raft_handler(self, handler: RaftStreamHandler | None) -> None:
+        """Byte 1 (Raft) from now on goes to ``handler`` (None: refused again)."""
+        self.router.set_raft_handler(handler)
 
 
 __all__ = [

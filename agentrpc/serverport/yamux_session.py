@@ -23,8 +23,9 @@ then fail with ``trio.BrokenResourceError``; data already received can still be 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import trio
 
@@ -71,8 +72,42 @@ class YamuxConfig:
     read_size: int = READ_SIZE
 
 
+_T = TypeVar("_T")
+
+
 def _broken(exc: YamuxError) -> trio.BrokenResourceError:
     return trio.BrokenResourceError(f"yamux: {exc}")
+
+
+async def _park_until(lot: trio.lowlevel.ParkingLot, attempt: Callable[[], _T | None]) -> _T:
+    """``attempt()`` until it returns a value (it raises to give up), parking on ``lot``
+    between tries; one checkpoint in all, as a trio operation should."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    parked = False
+    while (result := attempt()) is None:
+        parked = True
+        await lot.park()
+    if not parked:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+    return result
+
+
+class _OneTaskAtATime:
+    """Refuses a second task in a stream operation (trio's ``BusyResourceError``)."""
+
+    __slots__ = ("_busy", "_message")
+
+    def __init__(self, message: str) -> None:
+        self._busy = False
+        self._message = message
+
+    def __enter__(self) -> None:
+        if self._busy:
+            raise trio.BusyResourceError(self._message)
+        self._busy = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._busy = False
 
 
 class YamuxStream(trio.abc.HalfCloseableStream):
@@ -84,8 +119,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         self._state = state
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
-        self._send_busy = False
-        self._receive_busy = False
+        self._sending = _OneTaskAtATime("another task is sending on this stream")
+        self._receiving = _OneTaskAtATime("another task is receiving on this stream")
 
     @property
     def stream_id(self) -> int:
@@ -104,10 +139,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
     # ------------------------------------------------------------------ sending
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._send_busy:
-            raise trio.BusyResourceError("another task is sending on this stream")
-        self._send_busy = True
-        try:
+        with self._sending:
             await trio.lowlevel.checkpoint_if_cancelled()
             session = self._session
             conn = session._conn
@@ -153,8 +185,6 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                     await self._lot.park()
             if not parked:
                 await trio.lowlevel.cancel_shielded_checkpoint()
-        finally:
-            self._send_busy = False
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -181,10 +211,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("stream is closed")
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
-        if self._receive_busy:
-            raise trio.BusyResourceError("another task is receiving on this stream")
-        self._receive_busy = True
-        try:
+        with self._receiving:
             await trio.lowlevel.checkpoint_if_cancelled()
             session = self._session
             conn = session._conn
@@ -209,8 +236,6 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             if not parked:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
-        finally:
-            self._receive_busy = False
 
     # ------------------------------------------------------------------ closing
 
@@ -383,47 +408,38 @@ class YamuxSession:
 
     async def open_stream(self) -> YamuxStream:
         """A new outgoing stream (waits while 256 opened streams are not yet acknowledged)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
         conn = self._conn
-        parked = False
-        while True:
+
+        def attempt() -> YamuxStream | None:
             if self.is_closed:
                 raise self._dead_error()
             if conn.remote_go_away:
                 raise trio.BrokenResourceError("yamux: remote end is not accepting connections")
-            if conn.outbound_unacked < conn.accept_backlog:
-                break
-            parked = True
-            await self._open_lot.park()
-        try:
-            state = conn.open_stream()
-        except YamuxError as exc:
-            raise _broken(exc) from None
-        handle = YamuxStream(self, state)
-        self._handles[state.stream_id] = handle
-        self._kick_writer()
-        if not parked:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return handle
+            if conn.outbound_unacked >= conn.accept_backlog:
+                return None
+            try:
+                return self._adopt(conn.open_stream())
+            except YamuxError as exc:
+                raise _broken(exc) from None
+
+        return await _park_until(self._open_lot, attempt)
 
     async def accept_stream(self) -> YamuxStream:
         """The next stream the peer opened; raises once the session is over."""
-        await trio.lowlevel.checkpoint_if_cancelled()
         conn = self._conn
-        parked = False
-        while True:
+
+        def attempt() -> YamuxStream | None:
             if self.is_closed:
                 raise self._dead_error()
             state = conn.accept_stream()
-            if state is not None:
-                break
-            parked = True
-            await self._accept_lot.park()
+            return None if state is None else self._adopt(state)
+
+        return await _park_until(self._accept_lot, attempt)
+
+    def _adopt(self, state: SessionStream) -> YamuxStream:
         handle = YamuxStream(self, state)
         self._handles[state.stream_id] = handle
         self._kick_writer()
-        if not parked:
-            await trio.lowlevel.cancel_shielded_checkpoint()
         return handle
 
     async def ping(self) -> float:

@@ -30,7 +30,7 @@ async def our_agent() -> AsyncIterator[tuple[trio.Process, str]]:
     rpc_addr = f"127.0.0.1:{free_port()}"
     argv = [*CLI, "serve", "--node", "ours", "--rpc-addr", rpc_addr,
             "--serf-lan-addr", "127.0.0.1:0", "--serf-wan-addr", "127.0.0.1:0",
-            "--server-addr", "127.0.0.1:0"]  # fmt: skip
+            "--server-addr", "127.0.0.1:0", "--http-addr", "", "--dns-addr", ""]  # fmt: skip
     async with started_process(argv, b"RPC listening on") as process:
         yield process, rpc_addr
 
@@ -76,16 +76,31 @@ async def test_the_go_cli_drives_our_agent(serf_binary: str) -> None:
             assert await process.wait() == 0
 
 
+SERF_LOG_RING = 512
+"""Lines serf's agent keeps and replays to each new monitor (its LogWriter's buffer)."""
+MONITOR_CYCLES = 30
+
+
 async def test_our_client_drives_a_real_serf_agent(serf_binary: str) -> None:
     async with serf_agent(serf_binary) as rpc_addr, Client(rpc_addr) as client:
         stats = await client.stats()
         assert stats["agent"]["name"] == "go-serf"
         assert stats["serf"]["members"] == "1"
-        async with client.monitor("debug") as lines:
-            first = await lines.__anext__()
-            assert "[" in first and "]" in first
-        # After stop, the connection is still in sync: more calls work.
-        assert "runtime" in await client.stats()
+        # serf replays its last 512 log lines to a new monitor, and after replying to stop
+        # it still sends the lines its streamer had queued (up to hundreds). Fill the ring
+        # (each force-leave logs a line) so that every monitor below has a long replay and
+        # some of the stops are followed by such stragglers; the client must read and drop
+        # them without losing step (a client that forgot the Seq at the stop reply failed
+        # here 8 runs out of 8; tests/test_client_framing_regression.py is the
+        # deterministic version).
+        for _ in range(SERF_LOG_RING + 50):
+            await client.force_leave("nobody")
+        for _ in range(MONITOR_CYCLES):
+            async with client.monitor("debug") as lines:
+                first = await lines.__anext__()
+                assert "[" in first and "]" in first
+            # After stop, the connection is still in sync: more calls work.
+            assert "runtime" in await client.stats()
         try:
             async with client.monitor("bogus"):
                 raise AssertionError("serf accepted a bogus level")

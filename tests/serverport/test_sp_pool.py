@@ -15,7 +15,6 @@ import trio.testing
 from sp_helpers import (
     ACK,
     DATA,
-    FIN,
     RST,
     SYN,
     WINDOW_UPDATE,
@@ -75,24 +74,30 @@ async def test_status_ping_bytes_match_consuls_pool_exactly() -> None:
     captured: list[bytes] = []
     done = trio.Event()
 
+    second = request.replace(b"\xa3Seq\x01", b"\xa3Seq\x02")
+    second_frame = header_data + second
+
     async def consul_like_server(stream: trio.SocketStream) -> None:
         captured.append(await read_exactly(stream, len(expected)))
         await stream.send_all(frame(WINDOW_UPDATE, ACK, 1, 0) + data_frame(1, response))
-        captured.append(await read_exactly(stream, 12))
+        captured.append(await read_exactly(stream, len(second_frame)))
+        await stream.send_all(data_frame(1, response.replace(b"\xa3Seq\x01", b"\xa3Seq\x02")))
         done.set()
-        await stream.send_all(frame(WINDOW_UPDATE, FIN, 1, 0))
         await stream.receive_some()  # until the pool closes
 
     async with trio.open_nursery() as nursery:
         address = await fake_server(consul_like_server, nursery)
         async with open_connection_pool(call_timeout=5) as pool:
             assert await pool.call(address, "Status.Ping", {}) == {}
+            assert await pool.call(address, "Status.Ping", {}) == {}
             with trio.fail_after(5):
                 await done.wait()
+            assert pool.stats.streams == 1
         nursery.cancel_scope.cancel()
     assert captured[0] == expected
-    # Then our pool closes the stream (FIN); Consul's would keep it for reuse instead.
-    assert captured[1] == frame(WINDOW_UPDATE, FIN, 1, 0)
+    # The stream is kept, as Consul's pool keeps it: the next call is a data frame on stream 1
+    # (no SYN, no FIN in between), its Seq the pool's next.
+    assert captured[1] == second_frame
 
 
 async def test_one_connection_is_reused_for_many_calls() -> None:
@@ -115,10 +120,34 @@ async def test_one_connection_is_reused_for_many_calls() -> None:
         for _ in range(10):
             assert await pool.call(running.address, "Status.Ping", {}) == {}
         assert results == {index: index for index in range(40)}
+        # 40 calls at once took 40 streams; the 10 after them reused kept ones.
+        assert pool.stats.streams == 40
         assert pool.stats.dials == 1
         assert pool.connection_count == 1
         assert running.port.router.stats.mux_sessions == 1
         assert running.port.rpc.stats.requests == 50
+
+
+async def test_an_idle_connection_is_reaped_but_not_one_with_a_call_in_flight() -> None:
+    endpoints = Endpoints()
+
+    async def slow(body: Any) -> Any:
+        await trio.sleep(1.0)  # twice the idle bound, all of it in flight
+        return body
+
+    endpoints.register("Test.Slow", slow)
+    async with (
+        running_port(endpoints) as running,
+        open_connection_pool(call_timeout=5, max_idle=0.5) as pool,
+    ):
+        assert await pool.call(running.address, "Test.Slow", 1) == 1
+        assert pool.stats.reaped == 0 and pool.connection_count == 1
+        with trio.fail_after(10):
+            while pool.connection_count:  # noqa: ASYNC110 - the reaper runs on its own clock
+                await trio.sleep(0.05)
+        assert pool.stats.reaped == 1
+        assert await pool.call(running.address, "Status.Ping", {}) == {}
+        assert pool.stats.dials == 2
 
 
 async def test_broken_connection_is_dropped_and_redialled() -> None:
@@ -259,6 +288,9 @@ async def test_pool_requires_run_and_stops_cleanly(autojump_clock: trio.testing.
         ConnectionPool(call_timeout=0)
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
+        closed_at = trio.current_time()
         pool.close()
+    # At once: nothing (the idle reaper included) waits out the sessions' grace period.
+    assert trio.current_time() == closed_at
     with pytest.raises(RPCCallError, match="closed"):
         await pool.call("127.0.0.1:1", "Status.Ping", {})
