@@ -1,39 +1,57 @@
 """The ``agentrpc`` command line: ``serve`` runs an agent, the rest drive one over RPC.
 
-Texts and exit codes follow the reference CLI: errors go to stderr with exit 1 and never a
-traceback for an expected failure; ``members`` exits 2 when no member matches.
+Texts and exit codes follow the reference CLI: an expected failure is one line on stderr and
+exit status 1, never a traceback; ``members`` exits 2 when no member matches; Ctrl-C ends
+``monitor``, ``proxy`` and ``serve`` with 0, any other command with 130. Consul's single-dash
+spellings (``-wan``, ``-rpc-addr=X``) are accepted beside ours (see :mod:`.argv`). Every
+command that prints data has ``--json``: stable, labelled fields, ``[]`` for none.
 """
 
 from __future__ import annotations
 
-import json
+import errno
+import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import trio
 import typer
 
-from ..agent import Agent, AgentStartError
-from ..client import AgentConnectionError, Client, ClientError, RPCError
-from ..config import AgentConfig, ConfigError, load_config
-from ..defaults import (
-    DEFAULT_RPC_ADDR,
-    DEFAULT_SERF_LAN_ADDR,
-    DEFAULT_SERF_WAN_ADDR,
-    DEFAULT_SERVER_ADDR,
-)
+from ..client import DEFAULT_TIMEOUT, Client
+from ..client_errors import AgentGoneError, ClientError, JoinError, RPCError
+from ..defaults import DEFAULT_RPC_ADDR
+from ..log_protocol import LOG_LEVELS
 from ..protocol.bodies import Member
-from ..transports import AddressError
-from . import proxy_command
-
-T = TypeVar("T")
-
-ENV_RPC_ADDR = "AGENTRPC_RPC_ADDR"
-ENV_RPC_TOKEN = "AGENTRPC_RPC_TOKEN"
+from ..protocol.constants import ERR_UNKNOWN_LOG_LEVEL
+from . import (
+    catalog_command,
+    event_command,
+    keyring_command,
+    kv_command,
+    operator_command,
+    proxy_command,
+    rtt_command,
+    serve_command,
+)
+from .agent_options import (
+    ENV_RPC_TIMEOUT as ENV_RPC_TIMEOUT,
+    AgentOptions as AgentOptions,
+    AsJson,
+    RpcAddr,
+    Timeout,
+    Token,
+    agent_options,
+    columnize,
+    fail_client as fail_client,
+    print_json,
+    run_client,
+)
+from .argv import normalise, options_of
+from .common import EXIT_INTERRUPTED, echo, fail, one_line
 
 app = typer.Typer(
     name="agentrpc",
@@ -43,157 +61,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-RpcAddr = Annotated[
-    str,
-    typer.Option(
-        "--rpc-addr",
-        envvar=ENV_RPC_ADDR,
-        help=f"RPC address of the agent (HOST:PORT or unix:///path); env {ENV_RPC_ADDR}.",
-    ),
-]
-
-Token = Annotated[
-    str,
-    typer.Option(
-        "--token",
-        envvar=ENV_RPC_TOKEN,
-        help=f"RPC token, when the agent has rpc_token set; env {ENV_RPC_TOKEN}.",
-        show_default=False,
-    ),
-]
-
-
-def echo(text: str, *, err: bool = False) -> None:
-    """``typer.echo`` for text that may carry names from the wire.
-
-    A name that is not UTF-8 arrives holding lone surrogates (the codec decodes with
-    surrogateescape), which a strict UTF-8 stream refuses. Such a line is written as bytes:
-    the name's original bytes, as the Go CLI prints them (on stdout and stderr alike); where
-    the stream has no byte buffer, or its encoding cannot hold the rest of the text, as
-    backslash escapes. Never a traceback."""
-    stream = sys.stderr if err else sys.stdout
-    encoding = getattr(stream, "encoding", None) or "utf-8"
-    try:
-        text.encode(encoding)
-    except UnicodeEncodeError:
-        pass
-    else:
-        typer.echo(text, err=err)
-        return
-    line = text + "\n"
-    if getattr(stream, "buffer", None) is not None:
-        try:
-            raw = line.encode(encoding, "surrogateescape")
-        except UnicodeEncodeError:
-            raw = line.encode(encoding, "backslashreplace")
-        typer.echo(raw, nl=False, err=err)
-    else:
-        escaped = line.encode(encoding, "backslashreplace").decode(encoding)
-        typer.echo(escaped, nl=False, err=err)
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    echo(message, err=True)
-    raise typer.Exit(code)
-
-
-def run_client(
-    rpc_addr: str, token: str, action: Callable[[Client], Awaitable[T]], error_prefix: str
-) -> T:
-    """Connect, handshake, run ``action``; turn expected failures into clean messages."""
-
-    async def main() -> T:
-        async with Client(rpc_addr, token=token) as client:
-            return await action(client)
-
-    try:
-        return trio.run(main)
-    except AddressError as exc:
-        fail(f"Error connecting to agent: {exc}")
-    except AgentConnectionError as exc:
-        fail(f"Error connecting to agent: {exc}")
-    except ClientError as exc:
-        fail(f"{error_prefix}: {exc}")
-
-
-def columnize(rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns separated by two spaces, like the reference CLI's tables."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------- serve
-
-
-@app.command()
-def serve(
-    node: Annotated[
-        str | None, typer.Option("--node", help="Node name (default: host name).")
-    ] = None,
-    datacenter: Annotated[
-        str | None, typer.Option("--datacenter", help="Datacenter (default dc1).")
-    ] = None,
-    server: Annotated[
-        bool | None,
-        typer.Option("--server/--client", help="Server or client mode (default server)."),
-    ] = None,
-    rpc_addr: Annotated[
-        str | None,
-        typer.Option("--rpc-addr", help=f"RPC listen address (default {DEFAULT_RPC_ADDR})."),
-    ] = None,
-    serf_lan_addr: Annotated[
-        str | None,
-        typer.Option(
-            "--serf-lan-addr", help=f"LAN gossip address (default {DEFAULT_SERF_LAN_ADDR})."
-        ),
-    ] = None,
-    serf_wan_addr: Annotated[
-        str | None,
-        typer.Option(
-            "--serf-wan-addr", help=f"WAN gossip address (default {DEFAULT_SERF_WAN_ADDR})."
-        ),
-    ] = None,
-    server_addr: Annotated[
-        str | None,
-        typer.Option("--server-addr", help=f"Server port address (default {DEFAULT_SERVER_ADDR})."),
-    ] = None,
-    config_file: Annotated[
-        list[Path] | None,
-        typer.Option("--config-file", help="JSON or TOML config file; repeatable, in order."),
-    ] = None,
-    log_level: Annotated[
-        str | None, typer.Option("--log-level", help="TRACE, DEBUG, INFO, WARN or ERR.")
-    ] = None,
-) -> None:
-    """Run an agent until it is told to leave (or gets SIGINT/SIGTERM); SIGHUP reloads."""
-    overrides: dict[str, Any] = {
-        "node_name": node,
-        "datacenter": datacenter,
-        "server": server,
-        "rpc_addr": rpc_addr,
-        "serf_lan_addr": serf_lan_addr,
-        "serf_wan_addr": serf_wan_addr,
-        "server_addr": server_addr,
-        "log_level": log_level,
-    }
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    try:
-        config: AgentConfig = load_config(config_file or [], overrides)
-    except ConfigError as exc:
-        fail(f"Error loading configuration: {exc}")
-    try:
-        agent = Agent(config, overrides=overrides)  # resolves the serf hosts: may fail
-        trio.run(lambda: agent.run(handle_signals=True))
-    except AgentStartError as exc:
-        fail(f"Error starting agent: {exc}")
-    except KeyboardInterrupt:
-        raise typer.Exit(1) from None
-
-
 # ---------------------------------------------------------------------------------- members
 
 
@@ -201,31 +68,63 @@ def member_type(member: Member) -> str:
     return "server" if member.tags.get("role") == "consul" else "client"
 
 
+def member_json(member: Member) -> dict[str, Any]:
+    """One member, labelled: ``addr`` is ``ip:port`` as serf's ``members -format json``."""
+    return {
+        "name": member.name,
+        "addr": member.address,
+        "ip": str(member.addr),
+        "port": member.port,
+        "status": member.status,
+        "type": member_type(member),
+        "build": member.tags.get("build", "").split(":", 1)[0],
+        "dc": member.tags.get("dc", ""),
+        "tags": member.tags,
+        "protocol": {
+            "min": member.protocol_min,
+            "max": member.protocol_max,
+            "version": member.protocol_cur,
+        },
+        "delegate": {
+            "min": member.delegate_min,
+            "max": member.delegate_max,
+            "version": member.delegate_cur,
+        },
+    }
+
+
 @app.command()
 def members(
     rpc_addr: RpcAddr = DEFAULT_RPC_ADDR,
     token: Token = "",
+    timeout: Timeout = DEFAULT_TIMEOUT,
     wan: Annotated[bool, typer.Option("--wan", help="List the WAN pool.")] = False,
     detailed: Annotated[bool, typer.Option("--detailed", help="Show all tags.")] = False,
     status: Annotated[
         str, typer.Option("--status", help="Only members whose status matches this regexp.")
     ] = ".*",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: AsJson = False,
+    output_format: Annotated[
+        str, typer.Option("--format", help="text or json (json: the same as --json).")
+    ] = "text",
 ) -> None:
-    """List the members of the LAN (or WAN) pool."""
+    """List the members of the LAN (or WAN) pool; exit 2 when none matches --status."""
+    if output_format not in ("text", "json"):
+        fail(f"Invalid --format {output_format!r}: use text or json.")
     try:
         status_re = re.compile(status)
     except re.error as exc:
         fail(f"Failed to compile status regexp: {exc}")
-    found = run_client(rpc_addr, token, lambda c: c.members(wan=wan), "Error retrieving members")
+    agent = agent_options(rpc_addr, token, timeout)
+    found = run_client(agent, lambda c: c.members(wan=wan), "Error retrieving members")
     found = sorted((m for m in found if status_re.search(m.status)), key=lambda m: m.name)
+    if as_json or output_format == "json":
+        print_json([member_json(m) for m in found])
+        if not found:
+            raise typer.Exit(2)
+        return
     if not found:
         raise typer.Exit(2)
-    if as_json:
-        # ensure_ascii (the default) keeps the output valid ASCII JSON: a name that was not
-        # UTF-8 shows as \udcXX escapes, which json.loads turns back into the same str.
-        echo(json.dumps([_member_json(m) for m in found], indent=2, ensure_ascii=True))
-        return
     if detailed:
         rows = [["Node", "Address", "Status", "Tags"]]
         rows += [
@@ -249,21 +148,52 @@ def members(
     echo(columnize(rows))
 
 
-def _member_json(member: Member) -> dict[str, Any]:
-    return {
-        "name": member.name,
-        "addr": str(member.addr),
-        "port": member.port,
-        "address": member.address,
-        "status": member.status,
-        "type": member_type(member),
-        "tags": member.tags,
-        "protocol": [member.protocol_min, member.protocol_max, member.protocol_cur],
-        "delegate": [member.delegate_min, member.delegate_max, member.delegate_cur],
-    }
+# ---------------------------------------------------------------------------------- join
+
+_FAILED_TO = re.compile(r"^(?:\* )?Failed to (?:join|resolve) (.+?): (.*)$")
 
 
-# ---------------------------------------------------------------------------------- join etc.
+def join_reasons(error: str) -> list[str] | None:
+    """The reasons in a join error of the reference's form (``N error(s) occurred: * Failed to
+    join HOST: reason``), without the host (memberlist drops the port; we know the address);
+    None for any other error (``Must be a server to join WAN cluster``)."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    if not lines or not re.match(r"^\d+ error\(s\) occurred:$", lines[0]):
+        return None
+    reasons = []
+    for line in lines[1:]:
+        match = _FAILED_TO.match(line)
+        reasons.append(match.group(2) if match else line.removeprefix("* "))
+    return reasons
+
+
+@dataclass(frozen=True, slots=True)
+class _Joined:
+    address: str
+    num: int = 0
+    error: str = ""
+
+
+async def _join_each(client: Client, addresses: Sequence[str], wan: bool) -> list[_Joined]:
+    """One join per address, all at once, so that each failure is told with its address.
+    Any error but a join's (the agent went away, a token) is raised, unwrapped."""
+    results: list[_Joined | None] = [None] * len(addresses)
+    raised: list[ClientError] = []
+
+    async def join_one(index: int, address: str) -> None:
+        try:
+            results[index] = _Joined(address, await client.join([address], wan=wan))
+        except JoinError as exc:
+            results[index] = _Joined(address, exc.num, exc.error)
+        except ClientError as exc:
+            raised.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for index, address in enumerate(addresses):
+            nursery.start_soon(join_one, index, address)
+    if raised:
+        raise raised[0]
+    return [result for result in results if result is not None]
 
 
 @app.command()
@@ -271,16 +201,46 @@ def join(
     addresses: Annotated[list[str] | None, typer.Argument(help="Addresses to join.")] = None,
     rpc_addr: RpcAddr = DEFAULT_RPC_ADDR,
     token: Token = "",
+    timeout: Timeout = DEFAULT_TIMEOUT,
     wan: Annotated[bool, typer.Option("--wan", help="Join the WAN pool (servers only).")] = False,
+    as_json: AsJson = False,
 ) -> None:
-    """Tell the agent to join a cluster through one or more addresses."""
+    """Tell the agent to join a cluster through one or more gossip addresses.
+
+    Each address that fails is reported with its reason; the join succeeds when one answers."""
     if not addresses:
         fail("At least one address to join must be specified.")
-    existing = list(addresses)
-    num = run_client(
-        rpc_addr, token, lambda c: c.join(existing, wan=wan), "Error joining the cluster"
-    )
-    echo(f"Successfully joined cluster by contacting {num} nodes.")
+    wanted = list(dict.fromkeys(addresses))
+    agent = agent_options(rpc_addr, token, timeout)
+    results = run_client(agent, lambda c: _join_each(c, wanted, wan), "Error joining the cluster")
+    failed: list[tuple[str, str]] = []
+    for result in results:
+        if not result.error:
+            continue
+        reasons = join_reasons(result.error)
+        if reasons is None:  # not about this address: the same for all of them
+            fail(f"Error joining the cluster: {result.error}")
+        failed.append((result.address, "; ".join(reasons) or result.error))
+    num = sum(result.num for result in results if not result.error)
+    if as_json:
+        print_json(
+            {"num": num, "failed": [{"address": a, "error": one_line(e)} for a, e in failed]}
+        )
+    described = "; ".join(f"Failed to join {address}: {reason}" for address, reason in failed)
+    if num == 0:
+        fail(f"Error joining the cluster: {described}")
+    for address, reason in failed:
+        echo(one_line(f"Failed to join {address}: {reason}"), err=True)
+    if not as_json:
+        echo(f"Successfully joined cluster by contacting {num} nodes.")
+
+
+# ---------------------------------------------------------------------------------- force-leave
+
+
+def _known(name: str, found: Sequence[Member]) -> bool:
+    """Whether ``name`` is a member, by its LAN name or its WAN name (``name.dc``)."""
+    return any(m.name == name or m.name.rsplit(".", 1)[0] == name for m in found)
 
 
 @app.command("force-leave")
@@ -288,32 +248,74 @@ def force_leave(
     nodes: Annotated[list[str] | None, typer.Argument(help="The failed node.")] = None,
     rpc_addr: RpcAddr = DEFAULT_RPC_ADDR,
     token: Token = "",
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    prune: Annotated[bool, typer.Option("--prune", hidden=True)] = False,
 ) -> None:
     """Force a failed node into the left state."""
+    if prune:
+        fail(
+            "force-leave --prune is not supported: the agent RPC has no prune (as Consul "
+            "0.7's); a node forced to leave is forgotten after tombstone_timeout."
+        )
     if not nodes or len(nodes) != 1:
         fail("A node name must be specified to force leave.")
     node = nodes[0]
-    run_client(rpc_addr, token, lambda c: c.force_leave(node), "Error force leaving")
+    agent = agent_options(rpc_addr, token, timeout)
+
+    async def action(client: Client) -> bool:
+        found = await client.members_lan() + await client.members_wan()
+        if not _known(node, found):
+            return False
+        await client.force_leave(node)
+        return True
+
+    if not run_client(agent, action, "Error force leaving"):
+        fail(
+            f"Error force leaving: no member named '{node}' is known to the agent "
+            "(`agentrpc members` and `agentrpc members --wan` list them)."
+        )
+
+
+# ---------------------------------------------------------------------------------- the rest
 
 
 @app.command()
-def leave(rpc_addr: RpcAddr = DEFAULT_RPC_ADDR, token: Token = "") -> None:
+def leave(
+    rpc_addr: RpcAddr = DEFAULT_RPC_ADDR,
+    token: Token = "",
+    timeout: Timeout = DEFAULT_TIMEOUT,
+) -> None:
     """Gracefully leave the cluster and shut the agent down."""
-    run_client(rpc_addr, token, lambda c: c.leave(), "Error leaving")
+    agent = agent_options(rpc_addr, token, timeout)
+    run_client(agent, lambda c: c.leave(), "Error leaving")
     echo("Graceful leave complete")
 
 
 @app.command()
-def reload(rpc_addr: RpcAddr = DEFAULT_RPC_ADDR, token: Token = "") -> None:
+def reload(
+    rpc_addr: RpcAddr = DEFAULT_RPC_ADDR,
+    token: Token = "",
+    timeout: Timeout = DEFAULT_TIMEOUT,
+) -> None:
     """Reload the agent's configuration files."""
-    run_client(rpc_addr, token, lambda c: c.reload(), "Error reloading")
+    agent = agent_options(rpc_addr, token, timeout)
+    run_client(agent, lambda c: c.reload(), "Error reloading")
     echo("Configuration reload triggered")
 
 
 @app.command()
-def info(rpc_addr: RpcAddr = DEFAULT_RPC_ADDR, token: Token = "") -> None:
+def info(
+    rpc_addr: RpcAddr = DEFAULT_RPC_ADDR,
+    token: Token = "",
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    as_json: AsJson = False,
+) -> None:
     """Show the agent's debugging statistics."""
-    sections = run_client(rpc_addr, token, lambda c: c.stats(), "Error querying agent")
+    agent = agent_options(rpc_addr, token, timeout)
+    sections = run_client(agent, lambda c: c.stats(), "Error querying agent")
+    if as_json:
+        print_json(sections)
+        return
     lines = []
     for section in sorted(sections):
         lines.append(f"{section}:")
@@ -323,7 +325,7 @@ def info(rpc_addr: RpcAddr = DEFAULT_RPC_ADDR, token: Token = "") -> None:
 
 
 REMOTE_ENDED = (
-    "Remote side ended the monitor! This usually means that the\nremote side has exited or crashed."
+    "Remote side ended the monitor! This usually means that the remote side has exited or crashed."
 )
 
 
@@ -331,15 +333,17 @@ REMOTE_ENDED = (
 def monitor(
     rpc_addr: RpcAddr = DEFAULT_RPC_ADDR,
     token: Token = "",
+    timeout: Timeout = DEFAULT_TIMEOUT,
     log_level: Annotated[
-        str, typer.Option("--log-level", help="Lowest level to stream (default INFO).")
+        str, typer.Option("--log-level", help=f"Lowest level: {', '.join(LOG_LEVELS)}.")
     ] = "INFO",
 ) -> None:
-    """Stream the agent's log until Ctrl-C (which stops the stream cleanly)."""
+    """Stream the agent's log until Ctrl-C (which stops the stream cleanly and exits 0)."""
+    agent = agent_options(rpc_addr, token, timeout)
 
     async def stream(client: Client) -> bool:
         interrupted = False
-        refused: RPCError | None = None
+        failure: ClientError | None = None
         async with trio.open_nursery() as nursery:
 
             async def watch_interrupt() -> None:
@@ -354,26 +358,155 @@ def monitor(
                 async with client.monitor(log_level) as lines:
                     async for line in lines:
                         echo(line)
-            except RPCError as exc:
-                # Raised here it would leave the nursery wrapped in an exception group, past
-                # run_client's clean message (a traceback for ``--log-level bogus``).
-                refused = exc
+            except ClientError as exc:
+                # Raised here it would leave the nursery wrapped in an exception group.
+                failure = exc
             nursery.cancel_scope.cancel()
-        if refused is not None:
-            raise refused
-        return interrupted
+        if interrupted:
+            return True
+        if isinstance(failure, RPCError) and failure.error.startswith(ERR_UNKNOWN_LOG_LEVEL):
+            raise RPCError(f"{failure.error} (the levels: {', '.join(LOG_LEVELS)})")
+        if failure is not None and not isinstance(failure, AgentGoneError):
+            raise failure
+        return False
 
-    interrupted = run_client(rpc_addr, token, stream, "Error starting monitor")
-    if not interrupted:
+    if not run_client(agent, stream, "Error starting monitor"):
         fail(REMOTE_ENDED)
 
 
+# ---------------------------------------------------------------------------------- version
+
+
+def human_version() -> str:
+    """The version as Consul's ``GetHumanVersion`` shapes it: ``v0.1.0-dev (revision)``."""
+    from .. import build_info
+
+    text = f"v{build_info.VERSION}"
+    if build_info.PRERELEASE:
+        text += f"-{build_info.PRERELEASE}"
+        if build_info.REVISION and build_info.REVISION != "unknown":
+            text += f" ({build_info.REVISION})"
+    return text
+
+
+@app.command()
+def version(as_json: AsJson = False) -> None:
+    """Print the version and the protocol versions understood (also --version)."""
+    from .. import build_info
+    from ..agent import CONSUL_PROTOCOL, CONSUL_PROTOCOL_MAX, CONSUL_PROTOCOL_MIN
+
+    if as_json:
+        print_json(
+            {
+                "version": build_info.VERSION,
+                "prerelease": build_info.PRERELEASE,
+                "revision": build_info.REVISION,
+                "human": human_version(),
+                "protocol": {
+                    "default": CONSUL_PROTOCOL,
+                    "min": CONSUL_PROTOCOL_MIN,
+                    "max": CONSUL_PROTOCOL_MAX,
+                },
+            }
+        )
+        return
+    echo(f"agentrpc {human_version()}")
+    supplement = ""
+    if CONSUL_PROTOCOL < CONSUL_PROTOCOL_MAX:
+        supplement = (
+            f" (agent will automatically use protocol >{CONSUL_PROTOCOL} when speaking to "
+            "compatible agents)"
+        )
+    echo(
+        f"Protocol {CONSUL_PROTOCOL} spoken by default, understands {CONSUL_PROTOCOL_MIN} to "
+        f"{CONSUL_PROTOCOL_MAX}{supplement}"
+    )
+
+
+serve_command.register(app)
 proxy_command.register(app)
+keyring_command.register(app)
+event_command.register(app)
+rtt_command.register(app)
+app.add_typer(kv_command.app, name="kv")
+app.add_typer(catalog_command.app, name="catalog")
+app.add_typer(operator_command.app, name="operator")
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+def _command_options() -> dict[str, Any]:
+    """Each command's long options; a group's (``agentrpc kv get``) are its own and all its
+    subcommands' together, which is enough to spell Consul's flags after any of them."""
+    commands = getattr(typer.main.get_command(app), "commands", {})
+    options: dict[str, Any] = {}
+    for name, command in commands.items():
+        merged = options_of(command)
+        for subcommand in getattr(command, "commands", {}).values():
+            merged.update(options_of(subcommand))
+        options[name] = merged
+    return options
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """The classes of click's usage errors (bad flags, bad values): typer's own where it
+    vendors click (0.2x releases), else click's."""
+    found: list[type[Exception]] = []
+    vendored = getattr(typer, "TyperException", None)
+    if isinstance(vendored, type) and issubclass(vendored, Exception):
+        found.append(vendored)
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        found.append(click.ClickException)
+    return tuple(found)
+
+
+def _is_broken_pipe(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return all(_is_broken_pipe(inner) for inner in error.exceptions)
+    return isinstance(error, OSError) and error.errno == errno.EPIPE
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point."""
-    app(args=list(argv) if argv is not None else None, prog_name="agentrpc")
+    """Console-script entry point: Consul's spellings normalised, click's usage errors as one
+    line (exit 1), a closed stdout (``agentrpc monitor | head``) ends quietly."""
+    args = normalise(list(sys.argv[1:] if argv is None else argv), _command_options())
+    command = args[0] if args and not args[0].startswith("-") else ""
+    try:
+        code = app(args=args, prog_name="agentrpc", standalone_mode=False)
+    except _usage_errors() as exc:
+        context = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
+            echo(context.get_help())  # `agentrpc` alone: the help, as --help
+            code = 0
+        else:
+            where = f"agentrpc {command} --help" if command else "agentrpc --help"
+            format_message = getattr(exc, "format_message", None)
+            message = format_message() if callable(format_message) else str(exc)
+            echo(one_line(f"Error: {message} (see `{where}`)"), err=True)
+            code = 1
+    except typer.Abort:
+        code = EXIT_INTERRUPTED
+    except BaseException as error:
+        if not _is_broken_pipe(error):
+            raise
+        _silence_stdout()
+        code = 1
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of a closed pipe does
+    not print a complaint."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

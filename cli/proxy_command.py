@@ -5,6 +5,7 @@ Registered on the main app by ``register(app)``.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Annotated
 
@@ -13,7 +14,8 @@ import typer
 
 from ..defaults import DEFAULT_SERVER_ADDR, SERVER_PORT
 from ..serverport.proxy import PROTOCOLS, serve_proxy
-from ..transports import AddressError, parse_address
+from ..transports import AddressError, describe_connect_error, parse_address
+from .common import fail, run_trio
 
 
 def register(app: typer.Typer) -> None:
@@ -34,38 +36,46 @@ def register(app: typer.Typer) -> None:
             str, typer.Option("--listen-addr", help="Where to listen (port 0: a free port).")
         ] = "127.0.0.1:0",
     ) -> None:
-        """Proxy plain connections to one protocol of a server port (for developer tools)."""
+        """Proxy plain connections to one protocol of a server port (for developer tools).
+
+        Runs until Ctrl-C (or SIGTERM), which ends it with exit status 0."""
         type_byte = PROTOCOLS.get(protocol)
         if type_byte is None:
-            typer.echo(
-                f"Unknown protocol {protocol!r}; known: {', '.join(sorted(PROTOCOLS))}", err=True
-            )
-            raise typer.Exit(1)
+            fail(f"Unknown protocol {protocol!r}; known: {', '.join(sorted(PROTOCOLS))}")
         try:
             server = parse_address(server_addr, default_port=SERVER_PORT)
             listen = parse_address(listen_addr)
         except AddressError as exc:
-            typer.echo(f"Invalid address: {exc}", err=True)
-            raise typer.Exit(1) from None
+            fail(f"Invalid address: {exc}")
         if server.kind != "tcp" or listen.kind != "tcp":
-            typer.echo("The proxy needs TCP addresses (HOST:PORT)", err=True)
-            raise typer.Exit(1)
+            fail("The proxy needs TCP addresses (HOST:PORT)")
 
-        async def main() -> None:
+        async def main() -> OSError | None:
+            failure: OSError | None = None
             async with trio.open_nursery() as nursery:
-                bound = await nursery.start(
-                    lambda task_status: serve_proxy(
-                        server, type_byte, listen=listen, task_status=task_status
-                    )
-                )
-                print(f"Proxying connections to the {protocol} protocol of {server}")
-                print(f"Use this address: {bound}")
-                sys.stdout.flush()
 
-        try:
-            trio.run(main)
-        except OSError as exc:
-            typer.echo(f"Error starting the proxy: {exc}", err=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            raise typer.Exit(0) from None
+                async def until_interrupted() -> None:
+                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for _ in signals:
+                            nursery.cancel_scope.cancel()
+
+                nursery.start_soon(until_interrupted)
+                try:
+                    bound = await nursery.start(
+                        lambda task_status: serve_proxy(
+                            server, type_byte, listen=listen, task_status=task_status
+                        )
+                    )
+                except OSError as exc:
+                    # Raised here it would leave the nursery wrapped in an exception group.
+                    failure = exc
+                    nursery.cancel_scope.cancel()
+                else:
+                    print(f"Proxying connections to the {protocol} protocol of {server}")
+                    print(f"Use this address: {bound}")
+                    sys.stdout.flush()
+            return failure
+
+        failure = run_trio(main)  # Ctrl-C or SIGTERM: the proxy's only way out, exit 0
+        if failure is not None:
+            fail(f"Error starting the proxy on {listen}: {describe_connect_error(failure)}")

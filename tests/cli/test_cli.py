@@ -3,100 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import trio
-
-CLI = [sys.executable, "-m", "agentrpc.cli"]
-
-
-@dataclass
-class Served:
-    process: trio.Process
-    rpc_addr: str
-    stderr: bytearray
-    grew: trio.Event
-
-    async def wait_for(self, text: bytes) -> None:
-        """Until ``text`` shows up in the agent's stderr (callers bound the time)."""
-        while text not in self.stderr:
-            await self.grew.wait()
-
-
-@asynccontextmanager
-async def serve(*args: str) -> AsyncIterator[Served]:
-    """``agentrpc serve`` on free loopback ports; yields once it listens."""
-    argv = [
-        *CLI,
-        "serve",
-        "--node",
-        "cli-node",
-        "--rpc-addr",
-        "127.0.0.1:0",
-        "--serf-lan-addr",
-        "127.0.0.1:0",
-        "--serf-wan-addr",
-        "127.0.0.1:0",
-        "--server-addr",
-        "127.0.0.1:0",
-        *args,
-    ]
-    process = await trio.lowlevel.open_process(argv, stderr=subprocess.PIPE)
-    assert process.stderr is not None
-    stderr = bytearray()
-    try:
-        with trio.fail_after(20):
-            while (match := re.search(rb"RPC listening on (\S+)", stderr)) is None:
-                chunk = await process.stderr.receive_some(4096)
-                if not chunk:
-                    raise AssertionError(f"agent exited early: {stderr.decode()}")
-                stderr += chunk
-        served = Served(process, match.group(1).decode(), stderr, trio.Event())
-
-        async def drain() -> None:
-            assert process.stderr is not None
-            while chunk := await process.stderr.receive_some(4096):
-                stderr.extend(chunk)
-                served.grew.set()
-                served.grew = trio.Event()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(drain)
-            yield served
-            nursery.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.move_on_after(5):
-            await process.wait()
-
-
-async def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    with trio.fail_after(30):
-        return await trio.run_process(
-            [*CLI, *args],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env={**os.environ, **(env or {})},
-        )
-
-
-def out(result: subprocess.CompletedProcess[bytes]) -> str:
-    return result.stdout.decode()
-
-
-def err(result: subprocess.CompletedProcess[bytes]) -> str:
-    return result.stderr.decode()
+from cli_support import CLI, assert_one_line, cli, err, out, serve
 
 
 async def test_members_info_reload_and_leave() -> None:
@@ -117,8 +32,33 @@ async def test_members_info_reload_and_leave() -> None:
         assert re.search(r"dc=dc1,.*role=consul", out(wan))
 
         as_json = json.loads(out(await cli("members", "--json", *addr)))
-        assert as_json[0]["name"] == "cli-node"
-        assert as_json[0]["type"] == "server"
+        (member,) = as_json
+        lan = re.search(r"\S+\s+(\S+)", row)
+        assert lan is not None
+        assert member["name"] == "cli-node"
+        assert member["type"] == "server"
+        assert member["addr"] == lan.group(1)  # ip:port, as serf's -format json
+        assert member["ip"] == "127.0.0.1"
+        assert member["addr"] == f"127.0.0.1:{member['port']}"
+        assert member["protocol"] == {"min": 1, "max": 5, "version": 2}
+        assert member["delegate"] == {"min": 2, "max": 5, "version": 4}
+        assert member["tags"]["role"] == "consul"
+        assert (member["dc"], member["status"]) == ("dc1", "alive")
+        assert json.loads(out(await cli("members", "-format=json", *addr))) == as_json
+        wan_json = json.loads(out(await cli("members", "-wan", "-format", "json", *addr)))
+        assert [m["name"] for m in wan_json] == ["cli-node.dc1"]
+        none = await cli("members", "--status", "failed", "--json", *addr)
+        assert (none.returncode, out(none), err(none)) == (2, "[]\n", "")
+
+        # Consul's spellings beside ours.
+        consul = await cli(
+            "members", "-wan", "-detailed", "-status=alive", f"-rpc-addr={agent.rpc_addr}"
+        )
+        assert consul.returncode == 0, err(consul)
+        assert out(consul) == out(await cli("members", "--wan", "--detailed", *addr))
+        assert out(await cli("members", "-status", "alive", "-rpc-addr", agent.rpc_addr)) == out(
+            await cli("members", *addr)
+        )
 
         assert (await cli("members", "--status", "fail", *addr)).returncode == 2
         assert (await cli("members", "--status", "ali", *addr)).returncode == 0
@@ -133,6 +73,9 @@ async def test_members_info_reload_and_leave() -> None:
         assert sections == sorted(sections)
         assert {"agent", "build", "rpc", "runtime", "serf_lan", "serf_wan"} <= set(sections)
         assert "\tname = cli-node" in lines
+        info_json = json.loads(out(await cli("info", "--json", *addr)))
+        assert info_json["agent"]["name"] == "cli-node"
+        assert sorted(info_json) == sections
 
         reload = await cli("reload", *addr)
         assert (reload.returncode, out(reload)) == (0, "Configuration reload triggered\n")
@@ -153,9 +96,24 @@ async def test_join_and_force_leave_messages() -> None:
             "At least one address to join must be specified.\n",
         )
         failed = await cli("join", "127.0.0.1:9", *addr)
-        assert failed.returncode == 1
-        assert err(failed).startswith("Error joining the cluster: 1 error(s) occurred:")
-        assert "* Failed to join 127.0.0.1" in err(failed)
+        assert assert_one_line(failed) == (
+            "Error joining the cluster: Failed to join 127.0.0.1:9: connection refused"
+        )
+        both = await cli("join", "127.0.0.1:9", "127.0.0.1:10", *addr)
+        assert assert_one_line(both) == (
+            "Error joining the cluster: Failed to join 127.0.0.1:9: connection refused; "
+            "Failed to join 127.0.0.1:10: connection refused"
+        )
+        lan = agent.address("serf LAN")
+        partly = await cli("join", "127.0.0.1:9", lan, *addr)
+        assert partly.returncode == 0, err(partly)
+        assert out(partly) == "Successfully joined cluster by contacting 1 nodes.\n"
+        assert err(partly) == "Failed to join 127.0.0.1:9: connection refused\n"
+        as_json = await cli("join", "-wan=false", "127.0.0.1:9", lan, "--json", *addr)
+        assert json.loads(out(as_json)) == {
+            "num": 1,
+            "failed": [{"address": "127.0.0.1:9", "error": "connection refused"}],
+        }
         wan = await cli("join", "--wan", "127.0.0.1:9", *addr)
         assert err(wan) == "Error joining the cluster: Must be a server to join WAN cluster\n"
         for args in ([], ["a", "b"]):
@@ -164,7 +122,12 @@ async def test_join_and_force_leave_messages() -> None:
                 1,
                 "A node name must be specified to force leave.\n",
             )
-        ok = await cli("force-leave", "ghost", *addr)
+        ghost = await cli("force-leave", "ghost", *addr)
+        assert assert_one_line(ghost) == (
+            "Error force leaving: no member named 'ghost' is known to the agent "
+            "(`agentrpc members` and `agentrpc members --wan` list them)."
+        )
+        ok = await cli("force-leave", "cli-node", *addr)
         assert (ok.returncode, out(ok), err(ok)) == (0, "", "")
         members = await cli("members", *addr)
         assert "client" in out(members)
@@ -212,7 +175,10 @@ async def test_monitor_reports_when_the_agent_goes_away() -> None:
             while chunk := await process.stderr.receive_some(4096):
                 error += chunk
         assert b"shutdown complete" in seen + rest
-        assert error.decode().startswith("Remote side ended the monitor!")
+        assert error.decode() == (
+            "Remote side ended the monitor! This usually means that the remote side has "
+            "exited or crashed.\n"
+        )
 
 
 async def test_sighup_reloads_the_config_file(tmp_path: Path) -> None:
@@ -235,14 +201,14 @@ async def test_sighup_reloads_the_config_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["members", "--rpc-addr", "127.0.0.1:1"], "dial 127.0.0.1:1: connection refused"),
+        (["members", "--rpc-addr", "127.0.0.1:1"], "dial 127.0.0.1:1: connection refused; "),
         (
             ["info", "--rpc-addr", "127.0.0.1:99999"],
-            "port out of range in address '127.0.0.1:99999'",
+            "port out of range in address '127.0.0.1:99999'; --rpc-addr takes HOST:PORT",
         ),
         (
             ["leave", "--rpc-addr", "unix:///no/x.sock"],
-            "dial unix:///no/x.sock: no such file or directory",
+            "dial unix:///no/x.sock: no such file or directory; is the agent running?",
         ),
     ],
 )
@@ -250,9 +216,7 @@ async def test_expected_failures_print_one_line_and_no_traceback(
     args: Sequence[str], message: str
 ) -> None:
     result = await cli(*args)
-    assert result.returncode == 1
-    assert err(result).strip() == f"Error connecting to agent: {message}"
-    assert "Traceback" not in err(result)
+    assert assert_one_line(result).startswith(f"Error connecting to agent: {message}")
 
 
 async def test_serve_refuses_a_bad_config_and_a_busy_port(tmp_path: Path) -> None:
@@ -278,11 +242,34 @@ async def test_token_flag_and_environment_variable(tmp_path: Path) -> None:
     async with serve("--config-file", str(config)) as agent:
         addr = ["--rpc-addr", agent.rpc_addr]
         denied = await cli("members", *addr)
-        assert (denied.returncode, err(denied)) == (
-            1,
-            "Error retrieving members: Permission denied\n",
+        assert assert_one_line(denied) == (
+            "Error retrieving members: Permission denied: the agent requires an RPC token; "
+            "pass --token or set AGENTRPC_RPC_TOKEN"
+        )
+        wrong = await cli("members", "-token=hunter3", *addr)
+        assert assert_one_line(wrong) == (
+            "Error retrieving members: Permission denied: the token given (--token or "
+            "AGENTRPC_RPC_TOKEN) is not the agent's rpc_token"
         )
         assert (await cli("members", "--token", "hunter2", *addr)).returncode == 0
+        assert (await cli("members", "-token=hunter2", *addr)).returncode == 0
         by_env = await cli("info", *addr, env={"AGENTRPC_RPC_TOKEN": "hunter2"})
         assert by_env.returncode == 0
-        assert "\tpermission_denied = 1" in out(by_env)
+        assert "\tpermission_denied = 2" in out(by_env)
+
+
+async def test_version_in_consuls_format() -> None:
+    outputs = [await cli(*args) for args in (["version"], ["--version"], ["-version"], ["-v"])]
+    for result in outputs:
+        assert (result.returncode, err(result)) == (0, "")
+        assert out(result) == out(outputs[0])
+    first, second = out(outputs[0]).splitlines()
+    assert re.fullmatch(r"agentrpc v\d+\.\d+\.\d+(-dev( \([0-9a-f]{8}\))?)?", first), first
+    assert second == (
+        "Protocol 2 spoken by default, understands 1 to 3 (agent will automatically use "
+        "protocol >2 when speaking to compatible agents)"
+    )
+    data = json.loads(out(await cli("version", "--json")))
+    assert data["protocol"] == {"default": 2, "min": 1, "max": 3}
+    assert first == f"agentrpc {data['human']}"
+    assert data["human"].startswith(f"v{data['version']}")
