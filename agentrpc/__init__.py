@@ -1,7 +1,9 @@
 """agentrpc: a cluster agent on Trio speaking the Consul/Serf agent RPC protocol.
 
-The public faces are :class:`Client` (the async client library) and :class:`Agent` (run one in
-your own process); the ``agentrpc`` command line wraps both.
+The public faces are :class:`Client` (the async client library), :class:`SerfClient` (the
+same for Serf's own agent RPC dialect) and :class:`Agent` (run one in your own process); the
+``agentrpc`` command line wraps them. The client's exceptions form one tree under
+:class:`ClientError` (see :mod:`agentrpc.client_errors`).
 
 The names below are loaded on first use (PEP 562), so importing one of the package's pure
 modules (a codec, the gossip rules, :mod:`agentrpc.log_protocol`) does not load the agent, the
@@ -17,11 +19,26 @@ if TYPE_CHECKING:
     from .agent import Agent
     from .build_info import VERSION as __version__
     from .client import (
-        AgentConnectionError,
         Client,
-        ClientError,
-        JoinError,
+        EventStream,
+        KeyOperationError,
+        KeyringResult,
         MonitorStream,
+        QueryAck,
+        QueryResponse,
+        QueryStream,
+        SerfClient,
+        SerfKeyResult,
+    )
+    from .client_errors import (
+        AgentConnectionError,
+        AgentGoneError,
+        AgentTimeoutError,
+        ClientError,
+        InvalidAddressError,
+        JoinError,
+        NotAnAgentError,
+        PermissionDeniedError,
         RPCError,
     )
     from .config import AgentConfig, ConfigError, load_config
@@ -31,13 +48,26 @@ __all__ = [
     "Agent",
     "AgentConfig",
     "AgentConnectionError",
+    "AgentGoneError",
+    "AgentTimeoutError",
     "Client",
     "ClientError",
     "ConfigError",
+    "EventStream",
+    "InvalidAddressError",
     "JoinError",
+    "KeyOperationError",
+    "KeyringResult",
     "Member",
     "MonitorStream",
+    "NotAnAgentError",
+    "PermissionDeniedError",
+    "QueryAck",
+    "QueryResponse",
+    "QueryStream",
     "RPCError",
+    "SerfClient",
+    "SerfKeyResult",
     "__version__",
     "load_config",
 ]
@@ -45,14 +75,27 @@ __all__ = [
 _LAZY: Final = {
     "Agent": (".agent", "Agent"),
     "AgentConfig": (".config", "AgentConfig"),
-    "AgentConnectionError": (".client", "AgentConnectionError"),
+    "AgentConnectionError": (".client_errors", "AgentConnectionError"),
+    "AgentGoneError": (".client_errors", "AgentGoneError"),
+    "AgentTimeoutError": (".client_errors", "AgentTimeoutError"),
     "Client": (".client", "Client"),
-    "ClientError": (".client", "ClientError"),
+    "ClientError": (".client_errors", "ClientError"),
     "ConfigError": (".config", "ConfigError"),
-    "JoinError": (".client", "JoinError"),
+    "InvalidAddressError": (".client_errors", "InvalidAddressError"),
+    "JoinError": (".client_errors", "JoinError"),
     "Member": (".protocol.bodies", "Member"),
     "MonitorStream": (".client", "MonitorStream"),
-    "RPCError": (".client", "RPCError"),
+    "NotAnAgentError": (".client_errors", "NotAnAgentError"),
+    "PermissionDeniedError": (".client_errors", "PermissionDeniedError"),
+    "RPCError": (".client_errors", "RPCError"),
+    "EventStream": (".client", "EventStream"),
+    "KeyOperationError": (".client", "KeyOperationError"),
+    "KeyringResult": (".client", "KeyringResult"),
+    "QueryAck": (".client", "QueryAck"),
+    "QueryResponse": (".client", "QueryResponse"),
+    "QueryStream": (".client", "QueryStream"),
+    "SerfClient": (".client", "SerfClient"),
+    "SerfKeyResult": (".client", "SerfKeyResult"),
     "__version__": (".build_info", "VERSION"),
     "load_config": (".config", "load_config"),
 }

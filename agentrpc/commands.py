@@ -26,24 +26,43 @@ import trio
 
 from . import build_info
 from .budget import SharedBudget
+from .catalog.keyring_endpoint import (
+    KEYRING_INSTALL,
+    KEYRING_LIST,
+    KEYRING_OPERATION,
+    KEYRING_REMOVE,
+    KEYRING_USE,
+    KeyringRequest,
+    KeyringResponses,
+    PoolOperation,
+)
+from .catalog.structs import QueryOptions, WireDecodeError
 from .config import AgentConfig
 from .consul_servers import forward_members_wan, server_addresses
 from .log_protocol import DEBUG, INFO, WARN, LogLike, clip
-from .membership import Memberlist, MembershipPool, memberlist_stats
+from .membership import GossipPool, KeyResponse, Memberlist, MembershipPool, memberlist_stats
 from .protocol.bodies import JoinRequest, members_body
 from .protocol.codec import Encoded, Request, ResponseEncoder
 from .protocol.constants import (
+    ERR_KEYRING_CLIENT,
     ERR_WAN_JOIN_CLIENT,
+    ERROR_BODIES,
     FORCE_LEAVE,
+    INSTALL_KEY,
     JOIN,
     LEAVE,
+    LIST_KEYS,
     MEMBERS_LAN,
     MEMBERS_WAN,
     RELOAD,
+    REMOVE_KEY,
     STATS,
+    USE_KEY,
 )
 from .rpc_connection import AsyncHandler, InstantHandler, Reply, ReplyNow, RPCStats
+from .serverport.endpoints import EndpointError, RemoteError, RPCCallError
 from .serverport.pool import ConnectionPool
+from .serverport.server import ServerPort
 
 STATS_CACHE_SECONDS: Final = 0.001
 _EMPTY_MEMBERS = Encoded(ResponseEncoder().body({"Members": []}))
@@ -52,7 +71,7 @@ _BUILD_SECTION: Final = {
     "revision": build_info.REVISION,
     "version": build_info.VERSION,
 }
-_RUNTIME_SECTION: Final = {
+RUNTIME_SECTION: Final = {
     "os": sys.platform,
     "arch": platform.machine(),
     "version": f"python{platform.python_version()}",
@@ -60,6 +79,102 @@ _RUNTIME_SECTION: Final = {
     "cpu_count": str(os.cpu_count() or 1),
     "trio": trio.__version__,
 }
+
+
+KEYRING_COMMAND_OPERATIONS: Final = {
+    LIST_KEYS: KEYRING_LIST,
+    INSTALL_KEY: KEYRING_INSTALL,
+    USE_KEY: KEYRING_USE,
+    REMOVE_KEY: KEYRING_REMOVE,
+}
+"""The ``Operation`` of ``Internal.KeyringOperation`` for each agent RPC keyring command."""
+
+
+async def pool_keyring_operation(
+    pool: MembershipPool | None, operation: str, key: str, relay_factor: int = 0
+) -> KeyResponse:
+    """One ``Internal.KeyringOperation`` operation (``list``, ``install``, ``use``,
+    ``remove``) on every member of ``pool``, as serf's key manager runs it; a pool without
+    gossip (or no pool) answers with an error saying so."""
+    if pool is None:
+        await trio.lowlevel.checkpoint()
+        return KeyResponse(error="no such pool on this agent: no keyring to change")
+    if not isinstance(pool, GossipPool):
+        await trio.lowlevel.checkpoint()
+        return KeyResponse(
+            num_nodes=len(pool.members()),
+            error=f"the {pool.name.upper()} pool has no gossip layer: no keyring to change",
+        )
+    if operation == KEYRING_INSTALL:
+        return await pool.install_key(key, relay_factor=relay_factor)
+    if operation == KEYRING_USE:
+        return await pool.use_key(key, relay_factor=relay_factor)
+    if operation == KEYRING_REMOVE:
+        return await pool.remove_key(key, relay_factor=relay_factor)
+    return await pool.list_keys(relay_factor=relay_factor)
+
+
+def keyring_pool_operation(lookup: Callable[[], MembershipPool | None]) -> PoolOperation:
+    """The pool callable of :func:`~agentrpc.catalog.keyring_endpoint.keyring_endpoint` over
+    the pool ``lookup`` returns at each call (so it follows the pools the agent swaps in)."""
+
+    async def run(operation: str, key: str, relay_factor: int) -> KeyResponse:
+        return await pool_keyring_operation(lookup(), operation, key, relay_factor)
+
+    return run
+
+
+async def pool_key_operation(pool: MembershipPool, command: str, key: str) -> KeyResponse:
+    """One key operation named as the agent RPC commands are (``install-key``, ...) on every
+    member of ``pool``; a pool without gossip answers with an error saying so."""
+    return await pool_keyring_operation(pool, KEYRING_COMMAND_OPERATIONS[command], key)
+
+
+async def keyring_operation(
+    port: ServerPort | None, request: KeyringRequest
+) -> tuple[str, KeyringResponses]:
+    """What a server agent does for a keyring command (Consul's ``keyringProcess``): its own
+    ``Internal.KeyringOperation``, in-process through the server port (the WAN pool, this
+    datacenter's LAN pool, then every other datacenter's). The error (the reply then has no
+    response, as the reference's in-process call leaves it empty), or "" and the responses."""
+    if port is None:
+        return ERR_KEYRING_CLIENT, KeyringResponses()
+    try:
+        reply = await port.call_local(KEYRING_OPERATION, request.to_wire())
+        return "", KeyringResponses.from_wire(reply)
+    except RemoteError as exc:
+        return exc.error, KeyringResponses()
+    except (RPCCallError, EndpointError, WireDecodeError) as exc:
+        return str(exc), KeyringResponses()
+
+
+def keyring_reply(responses: KeyringResponses) -> dict[str, Any]:
+    """Consul 0.7's agent RPC ``keyringResponse`` for the responses of one operation, pool by
+    pool in the order the server gave them (WAN first, then each datacenter's LAN pool):
+    ``Info`` per pool, then every node's message and every key's count, each entry naming its
+    datacenter and pool. An empty list is nil, as Go encodes a nil slice; the keys of each
+    struct in go-msgpack's order (sorted)."""
+    keys: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    info: list[dict[str, Any]] = []
+    for response in responses.responses:
+        pool = response.pool
+        datacenter = response.datacenter
+        for node, message in response.messages.items():
+            messages.append(
+                {"Datacenter": datacenter, "Message": message, "Node": node, "Pool": pool}
+            )
+        for key, count in response.keys.items():
+            keys.append({"Count": count, "Datacenter": datacenter, "Key": key, "Pool": pool})
+        info.append(
+            {
+                "Datacenter": datacenter,
+                "Error": response.error,
+                "NumNodes": response.num_nodes,
+                "Pool": pool,
+            }
+        )
+    return {"Info": info or None, "Keys": keys or None, "Messages": messages or None}
 
 
 class CommandHost(Protocol):
@@ -92,6 +207,12 @@ class CommandHost(Protocol):
         ...
 
     @property
+    def server_port(self) -> ServerPort | None:
+        """A server's own server port (its in-process calls); None on a client or before
+        start."""
+        ...
+
+    @property
     def rpc_stats(self) -> RPCStats: ...
 
     @property
@@ -104,6 +225,11 @@ class CommandHost(Protocol):
 
     @property
     def log(self) -> LogLike: ...
+
+    def consul_stats(self) -> dict[str, dict[str, str]]:
+        """The ``consul`` section (Consul's keys) and, on a server, ``raft`` (hashicorp/raft's
+        ``Stats()``)."""
+        ...
 
     async def leave(self) -> str:
         """Leave every pool gracefully; the errors joined, or ""."""
@@ -155,6 +281,10 @@ class AgentCommands:
             FORCE_LEAVE: self.force_leave,
             LEAVE: self.leave,
             RELOAD: self.reload,
+            INSTALL_KEY: self.keyring,
+            USE_KEY: self.keyring,
+            REMOVE_KEY: self.keyring,
+            LIST_KEYS: self.keyring,
         }
         if host.wan is not None:
             instant[MEMBERS_WAN] = self.members_wan
@@ -210,7 +340,7 @@ class AgentCommands:
                 "uptime": f"{trio.current_time() - host.started_at:.0f}s",
             },
             "build": _BUILD_SECTION,
-            "runtime": _RUNTIME_SECTION,
+            "runtime": RUNTIME_SECTION,
             "serf_lan": host.lan.stats(),
             "rpc": {
                 **host.rpc_stats.as_strings(),
@@ -223,6 +353,7 @@ class AgentCommands:
         wan = host.wan
         if wan is not None:
             sections["serf_wan"] = wan.stats()
+        sections.update(host.consul_stats())
         for kind, memberlist in host.memberlists.items():
             sections[f"memberlist_{kind}"] = memberlist_stats(memberlist)
         return sections
@@ -274,3 +405,38 @@ class AgentCommands:
 
     async def reload(self, _request: Request, _reply_now: ReplyNow) -> Reply:
         return await self._host.reload(), None
+
+    async def keyring(self, request: Request, _reply_now: ReplyNow) -> Reply:
+        """Consul 0.7's keyring commands: ``Internal.KeyringOperation`` on this server (the
+        WAN pool, the LAN pool of every datacenter; a server's keyrings move in lock-step).
+        Each pool's failure is in its ``Info`` entry and the reply's Error stays empty; a
+        datacenter that could not be reached is the Error, with no entries. A client has no
+        keyring to change (0.7 refuses there, as here)."""
+        host = self._host
+        command = request.command
+        if host.wan is None:
+            return ERR_KEYRING_CLIENT, ERROR_BODIES[command]
+        key: str = request.body if command != LIST_KEYS else ""
+        host.log.throttled(
+            INFO, f"keyring-{command}", f"keyring: {command} on the WAN and LAN pools"
+        )
+        keyring_request = KeyringRequest(
+            operation=KEYRING_COMMAND_OPERATIONS[command],
+            key=key,
+            options=QueryOptions(token=request.token or "", allow_stale=True),
+        )
+        error, responses = await keyring_operation(host.server_port, keyring_request)
+        if error:
+            host.log.throttled(
+                WARN, f"keyring-{command}-failed", f"keyring: {command}: {clip(error)}"
+            )
+            return error, ERROR_BODIES[command]
+        for response in responses.responses:
+            if response.error:
+                host.log.throttled(
+                    WARN,
+                    f"keyring-{command}-failed",
+                    f"keyring: {command} ({response.datacenter} {response.pool}): "
+                    f"{clip(response.error)}",
+                )
+        return "", keyring_reply(responses)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import socket
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -24,11 +25,17 @@ from .gossip.security import KeyringError, parse_key
 from .log_protocol import parse_level
 from .logs import DEFAULT_RING_BYTES
 from .protocol.constants import DEFAULT_MAX_FRAME_SIZE
+from .raft.timing import CONSUL_DEFAULT_RAFT_MULTIPLIER, CONSUL_MAX_RAFT_MULTIPLIER
 from .serverport.tls import TLSConfig, TLSConfigError
 from .transports import AddressError, parse_address
 
 MAX_CONFIG_FILE_SIZE: Final = 1 << 20
 """Config files larger than this (1 MiB) are refused, at start and on reload."""
+
+DEFAULT_RETRY_INTERVAL: Final = 30.0
+"""Seconds between two attempts of ``retry_join`` (and ``retry_join_wan``), as Consul."""
+MAX_JOIN_ADDRESSES: Final = 1024
+"""Addresses one of ``start_join``, ``retry_join``, ... may list."""
 
 
 class ConfigError(ValueError):
@@ -77,6 +84,81 @@ class AgentConfig:
     """Bytes of log lines kept for replay to a new monitor (besides the line count)."""
     gossip_max_members: int = DEFAULT_MAX_MEMBERS
     """Members one gossip pool keeps at most; unknown nodes past it are ignored and counted."""
+    start_join: tuple[str, ...] = ()
+    """Gossip addresses the LAN pool joins at start; the agent does not start if none answers
+    (Consul's ``-join``)."""
+    start_join_wan: tuple[str, ...] = ()
+    """The same for the WAN pool of a server (``-join-wan``)."""
+    retry_join: tuple[str, ...] = ()
+    """Gossip addresses the LAN pool joins after start, retrying every ``retry_interval``
+    until one answers or ``retry_max`` attempts failed (``-retry-join``)."""
+    retry_join_wan: tuple[str, ...] = ()
+    retry_interval: float = DEFAULT_RETRY_INTERVAL
+    retry_interval_wan: float = DEFAULT_RETRY_INTERVAL
+    retry_max: int = 0
+    """Failed ``retry_join`` attempts after which the agent exits with an error (0: never)."""
+    retry_max_wan: int = 0
+    leave_on_terminate: bool | None = None
+    """Leave the cluster gracefully on SIGTERM; unset: as Consul, yes on a client, no on a
+    server (see :func:`leaves_on_terminate`)."""
+    skip_leave_on_interrupt: bool | None = None
+    """Shut down on SIGINT without the graceful leave; unset: as Consul, yes on a server (it
+    stays in the cluster), no on a client (see :func:`skips_leave_on_interrupt`)."""
+    data_dir: str = ""
+    """Where the agent keeps its state: the pools' keyring files (Consul's
+    ``serf/local.keyring`` and ``serf/remote.keyring``); "" for none (nothing persisted)."""
+    disable_coordinates: bool = False
+    """Leave serf's network coordinates off (no coordinate in acks, none learned), as
+    Consul's ``disable_coordinates``."""
+    coordinate_update_period: float = 5.0
+    """Seconds a server queues the coordinate updates it receives before it applies them
+    through Raft (Consul's ``CoordinateUpdatePeriod``, not a config key there; tests shorten
+    it)."""
+    sync_coordinate_interval_min: float = 15.0
+    """The shortest interval, in seconds, between two coordinate updates an agent sends
+    (Consul's ``SyncCoordinateIntervalMin``; larger clusters space them out to 64 updates a
+    second in all)."""
+    serf_rpc_addr: str = ""
+    """Where Serf's own agent RPC dialect listens (the ``serf`` CLI and Serf's clients drive
+    the LAN pool through it); "" (the default) for no such listener. Serf's own default
+    address is ``127.0.0.1:7373``."""
+    serf_rpc_auth: str = ""
+    """Serf's ``-rpc-auth``: when set, a Serf-dialect client must send ``auth`` with this key
+    before any other command."""
+    dns_addr: str = defaults.DEFAULT_DNS_ADDR
+    """Where the agent answers Consul's DNS interface over UDP and TCP (from the catalog: a
+    server in-process, a client agent through its servers): ``127.0.0.1:8600`` by default, as
+    Consul's (``defaults.DEFAULT_DNS_ADDR``); "" for none (Consul's ``ports.dns = -1``)."""
+    domain: str = "consul."
+    """The DNS domain the interface answers for (Consul's ``domain``)."""
+    dns_config: dict[str, Any] = field(default_factory=dict)
+    """Consul's ``dns_config`` object, as a config file holds it: ``node_ttl``,
+    ``service_ttl`` (service name or ``"*"`` to a duration), ``allow_stale``, ``max_stale``,
+    ``only_passing``, ``enable_truncate``, ``udp_answer_limit`` (and ``recursor_timeout``,
+    ``disable_compression``, accepted with no effect); empty for the reference's defaults."""
+    http_addr: str = defaults.DEFAULT_HTTP_ADDR
+    """Where the agent serves Consul's HTTP API (kv, catalog, agent, session, event, ...):
+    ``127.0.0.1:8500`` by default, as Consul's (``defaults.DEFAULT_HTTP_ADDR``); "" for none
+    (Consul's ``ports.http = -1``)."""
+    bootstrap_expect: int = 1
+    """Servers of the datacenter to wait for before bootstrapping a new Raft cluster: 1 (the
+    default, Consul's ``-bootstrap``) makes a lone server elect itself; 3 or 5 for a real
+    cluster (every server with the same value); 0 never bootstraps (the server waits for a
+    leader to add it)."""
+    raft_multiplier: int = CONSUL_DEFAULT_RAFT_MULTIPLIER
+    """Consul's ``raft_multiplier``: Raft's heartbeat, election and lease timeouts scaled by
+    1..10 (Consul's default 5; 1 for the fastest failover on good networks)."""
+    raft_snapshot_threshold: int = 8192
+    """Log entries since the last snapshot that trigger a new one (hashicorp/raft's default)."""
+    raft_snapshot_interval: float = 120.0
+    """Seconds between two checks of the snapshot threshold (hashicorp/raft's default)."""
+    raft_trailing_logs: int = 10240
+    """Log entries kept after a snapshot, for followers that lag (hashicorp/raft's default)."""
+    autopilot_cleanup_dead_servers: bool = True
+    """The leader removes servers that stay failed in serf from the Raft configuration, a
+    minority at a time (Consul's autopilot ``cleanup_dead_servers``)."""
+    dev: bool = False
+    """Keep everything in memory (Consul's ``-dev``): no data directory, nothing persisted."""
     config_files: tuple[str, ...] = ()
 
 
@@ -87,10 +169,13 @@ RELOAD_AT_ONCE: Final = frozenset(
         "agent_send_bytes",
         "log_ring_bytes",
         "gossip_max_members",
+        "leave_on_terminate",
+        "skip_leave_on_interrupt",
     }
 )
 """Settings a reload applies at once, to live connections too: the log level and ring, the
-RPC token (checked on every request), the agent-wide byte budget, the gossip member bound."""
+RPC token (checked on every request), the agent-wide byte budget, the gossip member bound,
+and what SIGTERM and SIGINT do (read when the signal comes)."""
 
 RELOAD_NEW_CONNECTIONS: Final = frozenset(
     {
@@ -119,11 +204,58 @@ is reported as needing a restart and the old value is kept."""
 
 _FIELDS: Final = {f.name: f for f in dataclasses.fields(AgentConfig) if f.name != "config_files"}
 _ADDRESS_KEYS: Final = ("rpc_addr", "serf_lan_addr", "serf_wan_addr", "server_addr")
+_OPTIONAL_ADDRESS_KEYS: Final = ("serf_rpc_addr", "dns_addr", "http_addr")
+"""Addresses that may be "" (that listener is off)."""
+_JOIN_KEYS: Final = ("start_join", "start_join_wan", "retry_join", "retry_join_wan")
+_TYPES: Final = {
+    "str": str,
+    "bool": bool,
+    "int": int,
+    "float": float,
+    "tuple[str, ...]": tuple,
+    "bool | None": bool,
+    "dict[str, Any]": dict,
+}
+"""A field's annotation (a string, with postponed annotations) and the type its value has."""
+
+_DURATION_UNITS: Final = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,
+    "\u03bcs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([a-z\u00b5\u03bc]+)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration (``"30s"``, ``"1m30s"``, ``"1.5h"``, ``"250ms"``, ``"0"``), as
+    Consul's config files and flags spell them; ``ValueError`` for anything else."""
+    body = text.strip()
+    sign = 1.0
+    if body[:1] in ("+", "-"):
+        sign = -1.0 if body[0] == "-" else 1.0
+        body = body[1:]
+    if body == "0":
+        return 0.0
+    total = 0.0
+    position = 0
+    while position < len(body):
+        match = _DURATION_PART.match(body, position)
+        if match is None or match.group(2) not in _DURATION_UNITS:
+            raise ValueError(f"invalid duration {text!r} (e.g. 30s, 1m30s, 250ms)")
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if position == 0:
+        raise ValueError(f"invalid duration {text!r} (e.g. 30s, 1m30s, 250ms)")
+    return sign * total
 
 
 def _expected_type(name: str) -> type:
-    default = AgentConfig.__dataclass_fields__[name].type
-    return {"str": str, "bool": bool, "int": int, "float": float}[str(default)]
+    return _TYPES[str(AgentConfig.__dataclass_fields__[name].type)]
 
 
 def _check_value(name: str, value: Any, source: str) -> Any:
@@ -132,8 +264,22 @@ def _check_value(name: str, value: Any, source: str) -> Any:
     kind = _expected_type(name)
     if kind is float and type(value) is int:
         value = float(value)
+    elif kind is float and type(value) is str:
+        try:
+            value = parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {name}: {exc}") from None
+    elif kind is tuple and type(value) in (list, tuple):
+        if not all(type(item) is str for item in value):
+            raise ConfigError(f"{source}: {name} must be a list of strings, got {value!r}")
+        value = tuple(value)
     if type(value) is not kind:
-        raise ConfigError(f"{source}: {name} must be {kind.__name__}, got {value!r}")
+        described = "a list of strings" if kind is tuple else kind.__name__
+        if kind is dict:
+            described = "an object (a table) of settings"
+        if kind is float:
+            described = 'a number of seconds or a duration such as "30s"'
+        raise ConfigError(f"{source}: {name} must be {described}, got {value!r}")
     return value
 
 
@@ -183,11 +329,24 @@ def validate(config: AgentConfig) -> AgentConfig:
             raise ConfigError(f"{key}: {exc}") from None
         if key != "rpc_addr" and address.kind != "tcp":
             raise ConfigError(f"{key} must be HOST:PORT")
+    for key in _OPTIONAL_ADDRESS_KEYS:
+        text = getattr(config, key)
+        if not text:
+            continue
+        try:
+            parse_address(text)
+        except AddressError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    if config.data_dir and not config.data_dir.strip():
+        raise ConfigError("data_dir must not be blank (leave it unset for no data directory)")
     if not 64 <= config.max_frame_size <= 1 << 30:
         raise ConfigError("max_frame_size must be between 64 bytes and 1 GiB")
     for key in ("handshake_timeout", "drain_timeout"):
         if not 0 < getattr(config, key) <= 3600:
             raise ConfigError(f"{key} must be between 0 and 3600 seconds")
+    for key in ("coordinate_update_period", "sync_coordinate_interval_min"):
+        if not 0.001 <= getattr(config, key) <= 3600:
+            raise ConfigError(f"{key} must be between 1ms and 3600 seconds")
     if not 0 <= config.rpc_max_conns_per_client <= 1_000_000:
         raise ConfigError("rpc_max_conns_per_client must be between 0 (no limit) and 1000000")
     if not 0 < config.server_first_byte_timeout <= 3600:
@@ -223,7 +382,77 @@ def validate(config: AgentConfig) -> AgentConfig:
             raise ConfigError(f"{key} must be between 1024 bytes and 1 TiB")
     if not 1 <= config.gossip_max_members <= 10_000_000:
         raise ConfigError("gossip_max_members must be between 1 and 10000000")
+    for key in _JOIN_KEYS:
+        addresses = getattr(config, key)
+        if len(addresses) > MAX_JOIN_ADDRESSES:
+            raise ConfigError(f"{key} lists more than {MAX_JOIN_ADDRESSES} addresses")
+        if any(not address.strip() for address in addresses):
+            raise ConfigError(f"{key} must not hold an empty address")
+    if not config.server and (config.start_join_wan or config.retry_join_wan):
+        raise ConfigError(
+            "start_join_wan and retry_join_wan need server mode (a client has no WAN pool)"
+        )
+    for key in ("retry_interval", "retry_interval_wan"):
+        if not 0 < getattr(config, key) <= 86400:
+            raise ConfigError(f"{key} must be between 0 and 86400 seconds")
+    for key in ("retry_max", "retry_max_wan"):
+        if not 0 <= getattr(config, key) <= 1_000_000:
+            raise ConfigError(f"{key} must be between 0 (retry for ever) and 1000000")
+    if not 0 <= config.bootstrap_expect <= 1000:
+        raise ConfigError("bootstrap_expect must be between 0 (never bootstrap) and 1000")
+    if config.bootstrap_expect > 1 and not config.server:
+        raise ConfigError("bootstrap_expect needs server mode")
+    if not 1 <= config.raft_multiplier <= CONSUL_MAX_RAFT_MULTIPLIER:
+        raise ConfigError(
+            f"raft_multiplier cannot be {config.raft_multiplier}; must be between 1 and "
+            f"{CONSUL_MAX_RAFT_MULTIPLIER}"
+        )
+    if not 1 <= config.raft_snapshot_threshold <= 1 << 32:
+        raise ConfigError("raft_snapshot_threshold must be between 1 and 4294967296")
+    if not 0.005 <= config.raft_snapshot_interval <= 86400:
+        raise ConfigError("raft_snapshot_interval must be between 5ms and 86400 seconds")
+    if not 0 <= config.raft_trailing_logs <= 1 << 32:
+        raise ConfigError("raft_trailing_logs must be between 0 and 4294967296")
+    if config.dev and config.data_dir:
+        raise ConfigError("dev keeps everything in memory: it cannot have a data_dir")
     return config
+
+
+def default_data_dir(config: AgentConfig, environ: Mapping[str, str]) -> str:
+    """Where ``agentrpc serve`` keeps a node's state when neither ``data_dir`` nor ``dev``
+    is set: ``$XDG_DATA_HOME/agentrpc/<datacenter>/<node_name>`` (``~/.local/share`` when
+    ``XDG_DATA_HOME`` is unset or not absolute, as the XDG spec says). Pure: the caller passes
+    the environment."""
+    base = environ.get("XDG_DATA_HOME", "")
+    if not base or not Path(base).is_absolute():
+        home = environ.get("HOME") or str(Path.home())
+        base = str(Path(home) / ".local" / "share")
+    return str(
+        Path(base) / "agentrpc" / _path_part(config.datacenter) / _path_part(config.node_name)
+    )
+
+
+def _path_part(name: str) -> str:
+    """A name as one safe path component (no separators, no dot-only names)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
+    return "_" + cleaned if cleaned.strip(".") == "" else cleaned
+
+
+def leaves_on_terminate(config: AgentConfig) -> bool:
+    """Whether SIGTERM leaves the cluster gracefully: ``leave_on_terminate``, by default as
+    Consul decides (since 0.7): a client leaves, a server does not."""
+    if config.leave_on_terminate is None:
+        return not config.server
+    return config.leave_on_terminate
+
+
+def skips_leave_on_interrupt(config: AgentConfig) -> bool:
+    """Whether SIGINT shuts down without the graceful leave: ``skip_leave_on_interrupt``, by
+    default as Consul 0.7 decides: a server skips it (it stays in the cluster, and a quorum
+    keeps its member), a client leaves."""
+    if config.skip_leave_on_interrupt is None:
+        return config.server
+    return config.skip_leave_on_interrupt
 
 
 def tls_config(config: AgentConfig) -> TLSConfig | None:

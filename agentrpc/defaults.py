@@ -23,12 +23,20 @@ SERVER_PORT: Final = 8300
 """The Consul server port (the server-port RPC codec's ``DEFAULT_SERVER_PORT`` names it)."""
 SERF_LAN_PORT: Final = 8301
 SERF_WAN_PORT: Final = 8302
+DNS_PORT: Final = 8600
+"""Consul's DNS port (``ports.dns``)."""
+HTTP_PORT: Final = 8500
+"""Consul's HTTP API port (``ports.http``)."""
 
 DEFAULT_RPC_ADDR: Final = join_host_port(LOOPBACK_HOST, DEFAULT_RPC_PORT)
 """``127.0.0.1:8400``: where the agent listens for, and the CLI and client dial, agent RPC."""
 DEFAULT_SERVER_ADDR: Final = join_host_port(LOOPBACK_HOST, SERVER_PORT)
 DEFAULT_SERF_LAN_ADDR: Final = join_host_port(LOOPBACK_HOST, SERF_LAN_PORT)
 DEFAULT_SERF_WAN_ADDR: Final = join_host_port(LOOPBACK_HOST, SERF_WAN_PORT)
+DEFAULT_DNS_ADDR: Final = join_host_port(LOOPBACK_HOST, DNS_PORT)
+"""``127.0.0.1:8600``: where the agent answers DNS over UDP and TCP (``dns_addr``)."""
+DEFAULT_HTTP_ADDR: Final = join_host_port(LOOPBACK_HOST, HTTP_PORT)
+"""``127.0.0.1:8500``: where the agent serves Consul's HTTP API (``http_addr``)."""
 
 # ------------------------------------------------------------------ agent RPC connections
 
@@ -57,13 +65,17 @@ SERVER_MAX_CONNS_PER_CLIENT: Final = 100
 """Server-port connections at once from one IP address (0: no limit), as the reference."""
 
 __all__ = [
+    "DEFAULT_DNS_ADDR",
+    "DEFAULT_HTTP_ADDR",
     "DEFAULT_RPC_ADDR",
     "DEFAULT_SERF_LAN_ADDR",
     "DEFAULT_SERF_WAN_ADDR",
     "DEFAULT_SERVER_ADDR",
+    "DNS_PORT",
     "DRAIN_TIMEOUT",
     "FIRST_BYTE_TIMEOUT",
     "HANDSHAKE_TIMEOUT",
+    "HTTP_PORT",
     "IDLE_TIMEOUT",
     "LOOPBACK_HOST",
     "MAX_CONNECTIONS",

@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -194,6 +196,18 @@ TARGETS: dict[str, tuple[Callable[[], list[bytes]], Callable[[random.Random, byt
 }
 
 
+def _add_dns_targets() -> None:
+    """The DNS targets live beside their test (tests/fuzz/test_fuzz_dns.py): one home."""
+    sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
+    from test_fuzz_dns import dns_seeds, run_dns_tcp, run_dns_udp
+
+    TARGETS["dns-udp"] = (dns_seeds, run_dns_udp)
+    TARGETS["dns-tcp"] = (dns_seeds, run_dns_tcp)
+
+
+_add_dns_targets()
+
+
 def fuzz(
     target: str, count: int, seed: int, crash_dir: Path | None = None
 ) -> tuple[int, list[str]]:
@@ -204,14 +218,55 @@ def fuzz(
     crashes: list[str] = []
     for index in range(count):
         data = mutate(rng, seeds)
+        started = time.perf_counter()
+        finding = ""
         try:
-            run(rng, data)
+            with _hang_guard():
+                run(rng, data)
         except Exception as exc:  # anything but the documented error is the finding
-            crashes.append(f"{target} input {index}: {type(exc).__name__}: {exc}")
+            finding = f"{type(exc).__name__}: {exc}"
+        took = time.perf_counter() - started
+        if not finding and took > SLOW_INPUT:
+            finding = f"took {took:.2f} s (more than {SLOW_INPUT:g} s for one input)"
+        if finding:
+            crashes.append(f"{target} input {index}: {finding}")
             if crash_dir is not None:
                 crash_dir.mkdir(parents=True, exist_ok=True)
                 (crash_dir / f"{target}-{seed}-{index}.bin").write_bytes(data)
     return count, crashes
+
+
+SLOW_INPUT = 1.0
+"""Seconds one input may take; a slower one is a finding (a decoder must never spin)."""
+HANG_LIMIT = 10.0
+"""Seconds after which an input that has not returned is interrupted and reported."""
+
+
+class InputHung(Exception):
+    """An input ran past :data:`HANG_LIMIT`."""
+
+
+@contextlib.contextmanager
+def _hang_guard() -> Iterator[None]:
+    """Interrupt one input after :data:`HANG_LIMIT` (SIGALRM, main thread on Unix; elsewhere
+    only :data:`SLOW_INPUT` reports it, once it returns)."""
+    if (
+        not hasattr(signal, "setitimer")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+
+    def hung(_signum: int, _frame: object) -> None:
+        raise InputHung(f"no return within {HANG_LIMIT:g} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, HANG_LIMIT)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

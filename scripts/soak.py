@@ -117,7 +117,7 @@ async def soak(seconds: float, clients: int, max_growth_mb: float) -> int:
     argv = [sys.executable, "-m", "agentrpc.cli", "serve", "--node", "soak",
             "--rpc-addr", rpc_addr, "--serf-lan-addr", "127.0.0.1:0",
             "--serf-wan-addr", "127.0.0.1:0", "--server-addr", "127.0.0.1:0",
-            "--log-level", "info"]  # fmt: skip
+            "--http-addr", "", "--dns-addr", "", "--log-level", "info"]  # fmt: skip
     process = await trio.lowlevel.open_process(argv, stderr=subprocess.PIPE)
     assert process.stderr is not None
     tally = Tally()

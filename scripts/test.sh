@@ -4,13 +4,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The interop tests need the real serf agent (Debian package `serf`).
-if ! command -v serf >/dev/null 2>&1; then
+# The interop tests need real implementations nobody here wrote: the serf agent, Go with
+# Debian's HashiCorp libraries (raft, raft-boltdb, yamux, net-rpc-msgpackrpc, go-msgpack,
+# memberlist, serf; built in GOPATH mode from /usr/share/gocode) and dig.
+debs=(serf golang-go dnsutils
+      golang-github-hashicorp-raft-dev golang-github-hashicorp-raft-boltdb-dev
+      golang-github-hashicorp-yamux-dev golang-github-hashicorp-net-rpc-msgpackrpc-dev
+      golang-github-hashicorp-go-msgpack-dev golang-github-hashicorp-memberlist-dev
+      golang-github-hashicorp-serf-dev)
+missing=()
+for deb in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "ok installed" || missing+=("$deb")
+done
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq serf >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "note: 'serf' is not installed (apt-get install serf); its interop tests will skip" >&2
+        echo "error: missing Debian packages (run as root: apt-get install ${missing[*]})" >&2
+        exit 1
     fi
 fi
 

@@ -9,7 +9,7 @@ import tempfile
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 import trio
@@ -26,6 +26,12 @@ TRANSPORTS = ("tcp", "unix", "memory")
 _names = itertools.count()
 _networks: weakref.WeakKeyDictionary[Agent, MemoryNetwork] = weakref.WeakKeyDictionary()
 """The ``memory://`` network each agent of :func:`running_agent` listens on."""
+_sinks: weakref.WeakKeyDictionary[Agent, io.StringIO] = weakref.WeakKeyDictionary()
+
+
+NO_HTTP_NO_DNS: Final = {"http_addr": "", "dns_addr": ""}
+"""Settings that keep an agent of the tests off Consul's HTTP and DNS ports (8500, 8600),
+which agents take by default: tests run one after another, several agents each."""
 
 
 def rpc_addr_for(transport: str) -> str:
@@ -50,7 +56,8 @@ async def running_agent(
     """An agent serving on ``transport``, shut down (and awaited) on exit. Its gossip runs
     over an in-process network (a fresh one unless ``gossip_network`` is shared); a
     ``memory://`` RPC address lives on ``network`` (the process-wide one by default), which
-    :func:`memory_network_of` gives back."""
+    :func:`memory_network_of` gives back. The HTTP API and DNS are off unless the test names
+    ``http_addr`` / ``dns_addr`` (their defaults, 8500 and 8600, are real ports)."""
     overrides: dict[str, Any] = {
         "node_name": "node1",
         "rpc_addr": rpc_addr_for(transport),
@@ -58,25 +65,33 @@ async def running_agent(
         "serf_wan_addr": "127.0.0.1:8302",
         "server_addr": "127.0.0.1:0",
         "log_level": "TRACE",
+        **NO_HTTP_NO_DNS,
         **settings,
     }
     config = load_config(files, overrides)
     network = DEFAULT_NETWORK if network is None else network
+    sink = io.StringIO()
     agent = Agent(
         config,
         overrides=overrides,
-        log_sink=io.StringIO(),
+        log_sink=sink,
         lan=lan,
         network=network,
         gossip_network=gossip_network or MemoryGossipNetwork(),
     )
     _networks[agent] = network
+    _sinks[agent] = sink
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
         try:
             yield agent
         finally:
             agent.shutdown()
+
+
+def log_of(agent: Agent) -> str:
+    """What an agent of :func:`running_agent` has logged so far."""
+    return _sinks[agent].getvalue()
 
 
 def memory_network_of(agent: Agent) -> MemoryNetwork:

@@ -43,8 +43,12 @@ def test_an_unresolvable_serf_host_is_a_start_error(
 def test_the_cli_reports_it_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "gethostbyname", _no_dns)
     result = CliRunner().invoke(
-        app, ["serve", "--node", "n1", "--serf-lan-addr", "gossip.example:8301"]
-    )
+        app,
+        [
+            "serve", "--node", "n1", "--serf-lan-addr", "gossip.example:8301",
+            "--http-addr", "", "--dns-addr", "",
+        ],
+    )  # fmt: skip
     assert result.exit_code == 1
     assert "Error starting agent" in result.output
     assert "cannot resolve host 'gossip.example'" in result.output

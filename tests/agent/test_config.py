@@ -73,3 +73,35 @@ def test_changed_settings() -> None:
     old = AgentConfig(node_name="a")
     new = AgentConfig(node_name="b", log_level="DEBUG")
     assert changed_settings(old, new) == ["node_name", "log_level"]
+
+
+def test_raft_settings_default_to_consuls_and_are_checked() -> None:
+    config = load_config(overrides={"node_name": "n"})
+    assert (config.bootstrap_expect, config.raft_multiplier) == (1, 5)
+    assert config.autopilot_cleanup_dead_servers and not config.dev
+    for bad, text in (
+        ({"raft_multiplier": 0}, "raft_multiplier cannot be 0"),
+        ({"raft_multiplier": 11}, "must be between 1 and 10"),
+        ({"bootstrap_expect": -1}, "bootstrap_expect"),
+        ({"bootstrap_expect": 3, "server": False}, "bootstrap_expect needs server mode"),
+        ({"dev": True, "data_dir": "/tmp/x"}, "dev keeps everything in memory"),
+        ({"raft_snapshot_interval": "1ms"}, "raft_snapshot_interval"),
+    ):
+        with pytest.raises(ConfigError, match=text):
+            load_config(overrides={"node_name": "n", **bad})
+    assert load_config(overrides={"raft_snapshot_interval": "30s"}).raft_snapshot_interval == 30
+
+
+def test_the_default_data_dir_is_per_node_under_the_users_data_directory() -> None:
+    from agentrpc.config import default_data_dir
+
+    config = load_config(overrides={"node_name": "web/1", "datacenter": "east"})
+    assert default_data_dir(config, {"XDG_DATA_HOME": "/data"}) == "/data/agentrpc/east/web_1"
+    assert default_data_dir(config, {"HOME": "/home/u"}) == (
+        "/home/u/.local/share/agentrpc/east/web_1"
+    )
+    # A relative XDG_DATA_HOME is ignored, as the XDG spec says; ".." cannot climb out.
+    dotted = load_config(overrides={"node_name": ".."})
+    assert default_data_dir(dotted, {"XDG_DATA_HOME": "rel", "HOME": "/h"}) == (
+        "/h/.local/share/agentrpc/dc1/_.."
+    )

@@ -24,6 +24,9 @@ def test_the_config_defaults_are_the_named_ones() -> None:
     assert _default("serf_lan_addr") == defaults.DEFAULT_SERF_LAN_ADDR
     assert _default("serf_wan_addr") == defaults.DEFAULT_SERF_WAN_ADDR
     assert defaults.SERVER_PORT == DEFAULT_SERVER_PORT
+    # Consul's HTTP API and DNS interface are on by default, on Consul's loopback ports.
+    assert _default("http_addr") == defaults.DEFAULT_HTTP_ADDR == "127.0.0.1:8500"
+    assert _default("dns_addr") == defaults.DEFAULT_DNS_ADDR == "127.0.0.1:8600"
 
 
 def test_engine_and_router_limits_agree_with_the_config() -> None:

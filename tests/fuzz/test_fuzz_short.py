@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,26 @@ def test_the_fuzzer_finds_a_planted_crash(tmp_path: Path) -> None:
     _ran, crashes = fuzzer.fuzz("planted", 3, seed=1, crash_dir=tmp_path)
     assert len(crashes) == 3
     assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_a_slow_input_and_a_hang_are_findings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fuzzer = load_fuzzer()
+    seeds, _ = fuzzer.TARGETS["rpc-request"]
+    monkeypatch.setattr(fuzzer, "SLOW_INPUT", 0.05)
+    monkeypatch.setattr(fuzzer, "HANG_LIMIT", 0.2)
+
+    def slow(rng: object, data: bytes) -> None:
+        time.sleep(0.1)  # past SLOW_INPUT, then returns
+
+    def spinning(rng: object, data: bytes) -> None:
+        while True:  # never returns: the guard interrupts it after HANG_LIMIT
+            pass
+
+    fuzzer.TARGETS["slow"] = (seeds, slow)
+    fuzzer.TARGETS["spinning"] = (seeds, spinning)
+    _ran, slow_found = fuzzer.fuzz("slow", 2, seed=1, crash_dir=tmp_path)
+    assert len(slow_found) == 2 and all("took" in finding for finding in slow_found)
+    _ran, hung = fuzzer.fuzz("spinning", 1, seed=1, crash_dir=tmp_path)
+    assert len(hung) == 1 and "InputHung" in hung[0]

@@ -215,7 +215,9 @@ async def agent_process(
     exit whatever happens."""
     with tempfile.TemporaryDirectory(prefix="agentrpc-hostile-") as tmp:
         config_path = Path(tmp) / "config.json"
-        config_path.write_text(json.dumps(dict(settings or {})))
+        # Off Consul's HTTP and DNS ports (8500, 8600) unless the settings name them.
+        off = {"http_addr": "", "dns_addr": ""}
+        config_path.write_text(json.dumps({**off, **dict(settings or {})}))
         rpc_addr = f"127.0.0.1:{free_port()}"
         lan_port, server_port = free_port(), free_port()
         argv = serve_argv(rpc_addr, lan_port, server_port, config_path, log_level)

@@ -317,9 +317,19 @@ async def test_our_cli_prints_non_utf8_names(tmp_path: Path) -> None:
         assert text_bytes(member["name"]) == OUR_NAME
         # force-leave with such a name from argv; an error that quotes one prints its bytes.
         forced = await our_cli("force-leave", flag, GO_ARG)
-        assert (forced.returncode, forced.stdout, forced.stderr) == (0, b"", b"")
+        assert (forced.returncode, forced.stdout) == (1, b"")
+        assert forced.stderr == (
+            b"Error force leaving: no member named '"
+            + GO_NAME
+            + b"' is known to the agent (`agentrpc members` and `agentrpc members --wan` "
+            b"list them).\n"
+        )
         refused = await our_cli("monitor", flag, "--log-level", GO_ARG)
         assert refused.returncode == 1
         # (The agent upper-cases the level; the bytes that are not UTF-8 stay as they were.)
-        expected = b"Error starting monitor: Unknown log level: " + GO_NAME.upper() + b"\n"
+        expected = (
+            b"Error starting monitor: Unknown log level: "
+            + GO_NAME.upper()
+            + b" (the levels: TRACE, DEBUG, INFO, WARN, ERR)\n"
+        )
         assert refused.stderr == expected
