@@ -39,6 +39,8 @@ def make_agent(rpc_addr: str, *, quiet: bool) -> Agent:
         "rpc_addr": rpc_addr,
         "serf_lan_addr": "127.0.0.1:0",
         "serf_wan_addr": "127.0.0.1:0",
+        "http_addr": "",
+        "dns_addr": "",
         "log_level": "WARN",
     }
     config = load_config([], overrides)

@@ -19,13 +19,57 @@ NUMBER_FORMATS: dict[str, Callable[[float], str]] = {
 }
 
 
+def write_json(results: dict[str, Any], directory: Path) -> Path:
+    """Write ``results.json`` (every run) into ``directory``, creating it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "results.json"
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def write_results(
+    results: dict[str, Any], directory: Path, render: Callable[[dict[str, Any]], str]
+) -> list[Path]:
+    """Write ``results.json`` and ``report.md`` (``render``'s text): every benchmark's pair."""
+    json_path = write_json(results, directory)
+    report = directory / "report.md"
+    report.write_text(render(results))
+    return [json_path, report]
+
+
+def environment_lines(results: dict[str, Any], versions_tail: str) -> list[str]:
+    """A report header's machine and versions lines; ``versions_tail`` ends the versions
+    line with what that benchmark adds (agentrpc's revision, Go ...)."""
+    machine, versions = results["machine"], results["versions"]
+    return [
+        f"- Machine: {machine['cpu_count']} CPUs, {machine['cpu_model']}, "
+        f"{machine['memory_bytes'] / 2**30:.0f} GiB, {machine['platform']}; load average "
+        f"{machine['loadavg_start'][0]:.2f} at the start, {results['loadavg_end'][0]:.2f} at "
+        "the end",
+        f"- Versions: Python {versions['python']}, trio {versions['trio']}, msgpack "
+        f"{versions['msgpack']}, serf {versions['serf']} (Debian package "
+        f"{versions['serf_package'] or '-'})" + versions_tail,
+    ]
+
+
+def snapshot_text(versions: dict[str, Any]) -> str:
+    """``agentrpc at `REV` [plus uncommitted changes] (snapshot sha256 `...`)[, baseline
+    `REV`]``: which sources a benchmark that runs from a snapshot measured."""
+    return (
+        f"agentrpc at `{versions['agentrpc_revision'][:12]}`"
+        + (" plus uncommitted changes" if versions["agentrpc_tree_modified"] else "")
+        + f" (snapshot sha256 `{versions['agentrpc_snapshot_sha256']}`)"
+        + (
+            f", baseline `{versions['baseline_revision'][:12]}`"
+            if versions.get("baseline_revision")
+            else ""
+        )
+    )
+
+
 def write_all(results: dict[str, Any], directory: Path, *, plot: bool = True) -> list[Path]:
     """Write results.json, report.md and (when ``plot``) throughput.png into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    path = directory / "results.json"
-    path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
-    written.append(path)
+    written = [write_json(results, directory)]
     plot_name = None
     if plot:
         try:
@@ -42,6 +86,40 @@ def write_all(results: dict[str, Any], directory: Path, *, plot: bool = True) ->
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _baseline_section(results: dict[str, Any]) -> list[str]:
+    """agentrpc against an older revision of itself (``--baseline REV``), when measured."""
+    revision = results.get("versions", {}).get("baseline_revision")
+    if not revision:
+        return []
+    lines = [
+        "",
+        f"## Against the baseline revision {revision[:12]}",
+        "",
+        "The same cells with agentrpc at the baseline revision as a third server, taking its "
+        "turn cell by cell beside this tree and serf. *ratio* is this tree over the baseline "
+        "(higher is better for throughput, lower for latency and memory).",
+        "",
+    ]
+    ratios = {
+        (row["group"], row["key"]): row.get("baseline_ratio")
+        for row in results.get("comparisons", [])
+    }
+    rows = []
+    for group in ("throughput", "latency", "idle"):
+        for key, pair in _pairs(results, group):
+            if "baseline" not in pair:
+                continue
+            rows.append(
+                [
+                    f"{group}: {key}",
+                    _cell(pair.get("agentrpc")),
+                    _cell(pair.get("baseline")),
+                    _ratio_text(ratios.get((group, key))),
+                ]
+            )
+    return lines + _table(["cell", "agentrpc", "baseline", "ratio"], rows)
 
 
 def _entries(results: dict[str, Any], group: str) -> list[dict[str, Any]]:
@@ -138,7 +216,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def render_markdown(results: dict[str, Any], plot_name: str | None) -> str:
-    plan, machine, versions = results["plan"], results["machine"], results["versions"]
+    plan, versions = results["plan"], results["versions"]
     runs = plan["runs"]
     lines = [
         f"# agentrpc frame-throughput benchmark, {results['date']} ({results['mode']} mode)",
@@ -147,24 +225,20 @@ def render_markdown(results: dict[str, Any], plot_name: str | None) -> str:
         "(min–max in brackets; every run is in `results.json`). Ratios are agentrpc's median "
         "divided by serf's median from the same suite.",
         "",
-        f"- Machine: {machine['cpu_count']} CPUs, {machine['cpu_model']}, "
-        f"{machine['memory_bytes'] / 2**30:.0f} GiB, {machine['platform']}; load average "
-        f"{machine['loadavg_start'][0]:.2f} at the start, {results['loadavg_end'][0]:.2f} at "
-        "the end",
-        f"- Versions: Python {versions['python']}, trio {versions['trio']}, msgpack "
-        f"{versions['msgpack']}, serf {versions['serf']} (Debian package "
-        f"{versions['serf_package'] or '-'}), agentrpc {versions['agentrpc']} at "
-        f"`{versions['agentrpc_revision'][:12]}`"
-        + (
-            " plus uncommitted changes (listed in `results.json`)"
-            if versions["agentrpc_tree_modified"]
-            else ""
-        )
-        + (
-            f"; every run used one snapshot of those sources (sha256 "
-            f"`{versions['agentrpc_snapshot_sha256']}`)"
-            if "agentrpc_snapshot_sha256" in versions
-            else ""
+        *environment_lines(
+            results,
+            f", agentrpc {versions['agentrpc']} at `{versions['agentrpc_revision'][:12]}`"
+            + (
+                " plus uncommitted changes (listed in `results.json`)"
+                if versions["agentrpc_tree_modified"]
+                else ""
+            )
+            + (
+                f"; every run used one snapshot of those sources (sha256 "
+                f"`{versions['agentrpc_snapshot_sha256']}`)"
+                if "agentrpc_snapshot_sha256" in versions
+                else ""
+            ),
         ),
         f"- Other processes' CPU use during the throughput measurements: {_other_summary(results)}"
         f" (1-minute load average at the start of each run: "
@@ -246,6 +320,7 @@ def render_markdown(results: dict[str, Any], plot_name: str | None) -> str:
     )
     if plot_name:
         lines += ["", f"![throughput vs pipeline depth and connections]({plot_name})"]
+    lines += _baseline_section(results)
     lines += [
         "",
         "## Latency at depth 1 (microseconds per round trip, sequential mode)",
@@ -362,8 +437,8 @@ def write_plot(results: dict[str, Any], path: Path) -> Path:
     plan = results["plan"]
     figure, (by_depth, by_conns) = plt.subplots(1, 2, figsize=(13, 5.2))
     colours = {"stop": "tab:blue", "members": "tab:green", "stats": "tab:red"}
-    styles = {"agentrpc": "-", "serf": "--"}
-    markers = {"agentrpc": "o", "serf": "s"}
+    styles = {"agentrpc": "-", "serf": "--", "baseline": ":"}
+    markers = {"agentrpc": "o", "serf": "s", "baseline": "^"}
     index = {(entry["group"], entry["key"], entry["server"]): entry for entry in results["entries"]}
 
     def series(
@@ -382,39 +457,31 @@ def write_plot(results: dict[str, Any], path: Path) -> Path:
             spread[1].append((entry["max"] - entry["median"]) / 1e3)
         return points, medians, spread
 
+    def draw(axes: Any, keys: list[str], xs: list[int], server: str, command: str) -> None:
+        """One server's line for one command: medians with min-max bars (none if unmeasured)."""
+        points, medians, spread = series(keys, xs, server)
+        if points:
+            axes.errorbar(
+                points,
+                medians,
+                yerr=spread,
+                color=colours.get(command),
+                capsize=3,
+                linestyle=styles[server],
+                marker=markers[server],
+                label=f"{server} {command}",
+            )
+
     for command in plan["commands"]:
         for server in plan["servers"]:
-            label = f"{server} {command}"
             depths = list(plan["depths"])
-            xs, ys, err = series([f"{command} depth {d}" for d in depths], depths, server)
-            if xs:
-                by_depth.errorbar(
-                    xs,
-                    ys,
-                    yerr=err,
-                    color=colours.get(command),
-                    capsize=3,
-                    linestyle=styles[server],
-                    marker=markers[server],
-                    label=label,
-                )
+            draw(by_depth, [f"{command} depth {d}" for d in depths], depths, server, command)
             depth = plan["connection_depth"]
             counts = [1, *plan["connection_counts"]]
             keys = [f"{command} depth {depth}"] + [
                 f"{command} {c} conns x depth {depth}" for c in plan["connection_counts"]
             ]
-            xs, ys, err = series(keys, counts, server)
-            if xs:
-                by_conns.errorbar(
-                    xs,
-                    ys,
-                    yerr=err,
-                    color=colours.get(command),
-                    capsize=3,
-                    linestyle=styles[server],
-                    marker=markers[server],
-                    label=label,
-                )
+            draw(by_conns, keys, counts, server, command)
     by_depth.set_xscale("log")
     by_depth.set_xlabel("requests in flight on one connection (pipeline depth)")
     by_depth.set_ylabel("thousand replies per second (median, min–max bars)")

@@ -15,7 +15,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from . import report, suite
+from . import report, servers, suite
 from .servers import REPO_ROOT
 
 RESULTS: Path = REPO_ROOT / "benchmarks" / "results"
@@ -38,12 +38,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results directory")
     parser.add_argument("--servers", default=None, help="comma-separated: agentrpc,serf")
     parser.add_argument("--profile", action="store_true", help="also profile agentrpc (py-spy)")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure agentrpc at git revision REV, cell by cell beside this tree",
+    )
     args = parser.parse_args(argv)
     plan = suite.PLANS[args.mode or "full"]
     if args.runs:
         plan = replace(plan, runs=args.runs)
     if args.servers:
         plan = replace(plan, servers=tuple(args.servers.split(",")))
+    if args.baseline:
+        commit = servers.prepare_baseline(args.baseline)
+        print(f"benchmarks: baseline {args.baseline} = {commit[:12]}", file=sys.stderr)
+        if servers.BASELINE not in plan.servers:
+            plan = replace(plan, servers=(*plan.servers, servers.BASELINE))
     raise_fd_limit(2 * max(plan.idle_counts) + 1_000)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < max(plan.idle_counts) + 500:

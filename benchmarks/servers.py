@@ -9,6 +9,10 @@ virtual CPU and the scheduler's placement otherwise flips between runs.
 
 * ``monitor``: :mod:`benchmarks.inproc`'s monitor server, an in-process ``Agent`` whose hub a
   task feeds with log lines (agentrpc only).
+* ``trio-streams``, ``trio-raw``: :mod:`benchmarks.bare_servers`, the best bare Trio servers
+  (``handshake`` and ``stop`` only), the reference points of :mod:`benchmarks.engine_limit`.
+* ``go-bare``: the Go load generator's trivial server (``loadgen serve``, built by
+  :mod:`benchmarks.go_build`), against which the generator's ceiling is shown.
 
 Ports are chosen by binding port 0 first. A server counts as up once its RPC port accepts a
 connection. Memory and CPU come from ``/proc`` (Linux), so no extra package is needed.
@@ -31,11 +35,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from . import go_build
+
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 HOST: Final = "127.0.0.1"
 PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 SERVERS: Final = ("agentrpc", "serf")
+BASELINE: Final = "baseline"
+NO_HTTP_NO_DNS_FLAGS: Final = ("--http-addr", "", "--dns-addr", "")
+"""Today's agent serves HTTP on 8500 and DNS on 8600 by default: off for benchmarked agents
+(several run at once); a baseline revision may predate the flags (and had both off)."""
+"""agentrpc at an older revision (``run.py --baseline REV``), measured cell by cell beside
+the current one."""
+BARE_STREAMS: Final = "trio-streams"
+BARE_RAW: Final = "trio-raw"
+BARE_TRIO: Final = (BARE_STREAMS, BARE_RAW)
+"""The bare Trio servers (:mod:`benchmarks.bare_servers`): ``handshake`` and ``stop`` only."""
+GO_BARE: Final = "go-bare"
+"""The Go generator's trivial server (``handshake`` and ``stop`` only)."""
 AGENT_LIMITS: Final = {"max_connections": 30_000, "max_connections_per_client": 30_000}
 """agentrpc's connection caps (defaults 4096 and 256 per client IP) raised, through its config
 file, above the 10,000 idle connections of the memory test; serf has no caps at all."""
@@ -84,6 +102,43 @@ def snapshot_sources() -> Path:
 
 
 _snapshot_revision = ""
+_baseline: Path | None = None
+_baseline_revision = ""
+
+
+def prepare_baseline(revision: str) -> str:
+    """Extract agentrpc at ``revision`` (``git archive``) into a temporary directory laid out
+    as the package installs, for the ``baseline`` server; returns the full commit id."""
+    global _baseline, _baseline_revision
+    commit = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "rev-parse", "--verify", f"{revision}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    tree = Path(tempfile.mkdtemp(prefix="agentrpc-bench-baseline-tree-"))
+    root = Path(tempfile.mkdtemp(prefix="agentrpc-bench-baseline-"))
+    atexit.register(shutil.rmtree, tree, True)
+    atexit.register(shutil.rmtree, root, True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", commit],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    # copytree follows symlinks: older trees linked transports/ and cli/ into agentrpc/.
+    shutil.copytree(tree / "agentrpc", root / "agentrpc", ignore=skip)
+    for sub in ("transports", "cli"):
+        if not (root / "agentrpc" / sub).exists():
+            shutil.copytree(tree / sub, root / "agentrpc" / sub, ignore=skip)
+    _baseline = root
+    _baseline_revision = commit
+    return commit
+
+
+def baseline_revision() -> str:
+    return _baseline_revision
 
 
 def git_revision() -> str:
@@ -110,13 +165,23 @@ def source_root() -> Path:
     return _snapshot or REPO_ROOT
 
 
-def python_env() -> dict[str, str]:
-    """The environment for our Python subprocesses: the sources first on the path."""
+def python_env(root: Path | None = None) -> dict[str, str]:
+    """The environment for our Python subprocesses: the sources (``root``, by default
+    :func:`source_root`) first on the path."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        part for part in (str(source_root()), env.get("PYTHONPATH", "")) if part
+        part for part in (str(root or source_root()), env.get("PYTHONPATH", "")) if part
     )
     return env
+
+
+def server_root(name: str) -> Path:
+    """Where the server ``name`` runs from: the baseline's tree for ``baseline``."""
+    if name == BASELINE:
+        if _baseline is None:
+            raise RuntimeError("no baseline prepared (run.py --baseline REV)")
+        return _baseline
+    return source_root()
 
 
 def serf_binary() -> str | None:
@@ -176,7 +241,7 @@ def wait_listening(process: subprocess.Popen[bytes], port: int, timeout: float =
 
 
 def command_for(name: str, rpc_port: int) -> list[str]:
-    if name == "agentrpc":
+    if name in ("agentrpc", BASELINE):
         return [
             sys.executable,
             "-m",
@@ -196,6 +261,7 @@ def command_for(name: str, rpc_port: int) -> list[str]:
             "warn",
             "--config-file",
             agent_config_file(),
+            *(NO_HTTP_NO_DNS_FLAGS if name == "agentrpc" else ()),
         ]
     if name == "serf":
         serf = serf_binary()
@@ -209,6 +275,12 @@ def command_for(name: str, rpc_port: int) -> list[str]:
             f"-rpc-addr={HOST}:{rpc_port}",
             "-log-level=warn",
         ]
+    if name in BARE_TRIO:
+        kind = "streams" if name == BARE_STREAMS else "raw"
+        return [sys.executable, "-m", "benchmarks.bare_servers", kind, "--port", str(rpc_port)]
+    if name == GO_BARE:
+        binary = go_build.loadgen_binary(source_root())
+        return [str(binary), "serve", "-addr", f"{HOST}:{rpc_port}"]
     if name == "monitor":
         return [
             sys.executable,
@@ -240,8 +312,8 @@ def start(name: str, *extra: str, cpus: tuple[int, ...] | None = None) -> Server
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE if name == "monitor" else subprocess.DEVNULL,
         stderr=None,  # warnings and errors of the server show up in the run's output
-        cwd=source_root(),
-        env=python_env(),
+        cwd=server_root(name),
+        env=python_env(server_root(name)),
         preexec_fn=pinned(cpus),
     )
     try:
@@ -253,8 +325,12 @@ def start(name: str, *extra: str, cpus: tuple[int, ...] | None = None) -> Server
 
 
 def stop(server: Server) -> None:
-    """Terminate (then kill) the process and reap it."""
-    process = server.process
+    """Terminate (then kill) the server's process and reap it."""
+    stop_process(server.process)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate (then kill) ``process``, reap it and close its stdout pipe, if any."""
     if process.poll() is None:
         process.terminate()
         try:

@@ -777,6 +777,7 @@ def environment(plan: Plan) -> dict[str, Any]:
             "serf_package": serf_package,
             "agentrpc": agentrpc.build_info.VERSION,
             "agentrpc_revision": revision,
+            "baseline_revision": servers.baseline_revision() or None,
             "agentrpc_tree_modified": bool(dirty),
             "agentrpc_tree_changes": dirty.splitlines(),
             "agentrpc_sources_sha256": source_fingerprint(),
@@ -789,7 +790,8 @@ def environment(plan: Plan) -> dict[str, Any]:
 
 
 def comparisons(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """agentrpc / serf for every key both measured: the ratio of medians, and of each run."""
+    """agentrpc / serf for every key both measured: the ratio of medians, and of each run;
+    agentrpc / baseline too when a baseline revision was measured."""
     by_key: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for entry in entries:
         by_key.setdefault((entry["group"], entry["key"]), {})[entry["server"]] = entry
@@ -802,6 +804,9 @@ def comparisons(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["run_ratios"] = [
                 a / b for a, b in zip(ours["values"], theirs["values"], strict=False) if b
             ]
+        baseline = pair.get(servers.BASELINE)
+        if ours and baseline and ours["median"] and baseline["median"]:
+            row["baseline_ratio"] = ours["median"] / baseline["median"]
         rows.append(row)
     return rows
 

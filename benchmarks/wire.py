@@ -46,6 +46,8 @@ COMMANDS: Final[dict[str, dict[str, WireCommand]]] = {
         "stats": WireCommand("stats", None, True),
     },
 }
+COMMANDS["baseline"] = COMMANDS["agentrpc"]
+"""An older revision of agentrpc (``--baseline REV``) speaks what agentrpc speaks."""
 
 
 def encode_request(command: str, seq: int, body: Any = None) -> bytes:

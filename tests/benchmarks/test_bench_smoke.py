@@ -29,7 +29,8 @@ def check_well_formed(results: dict[str, Any], servers: tuple[str, ...]) -> None
         assert results["versions"][name]
     plan = results["plan"]
     entries = results["entries"]
-    assert {entry["group"] for entry in entries} == GROUPS
+    # A part that failed leaves its group out and says why in the notes.
+    assert {entry["group"] for entry in entries} == GROUPS, results["notes"]
     assert {entry["server"] for entry in entries} == set(servers)
     for entry in entries:
         assert not entry["failures"], entry
@@ -70,3 +71,16 @@ def test_the_serf_side_and_the_ratios(serf_binary: str, tmp_path: Path) -> None:
     assert all(target["met"] is not None for target in results["targets"])
     report.write_all(results, tmp_path, plot=False)
     assert "x |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_baseline_revision_runs_beside_this_tree(tmp_path: Path) -> None:
+    from benchmarks import servers
+
+    commit = servers.prepare_baseline("HEAD")
+    results = suite.run_suite(suite.smoke_plan(("agentrpc", servers.BASELINE)), out=None)
+    check_well_formed(results, ("agentrpc", servers.BASELINE))
+    assert results["versions"]["baseline_revision"] == commit
+    ratios = [row for row in results["comparisons"] if row["group"] == "throughput"]
+    assert ratios and all(row["baseline_ratio"] > 0 for row in ratios)
+    report.write_all(results, tmp_path, plot=False)
+    assert f"## Against the baseline revision {commit[:12]}" in (tmp_path / "report.md").read_text()
