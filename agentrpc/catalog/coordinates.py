@@ -44,7 +44,7 @@ from ..serverport.endpoints import EndpointError, Handler
 from .blocking import blocking_query
 from .consensus import Applier, ApplyError, ConsensusFacts, Forwarder
 from .constants import IGNORE_UNKNOWN_TYPE_FLAG, MessageType
-from .forwarding import ForwardingEndpoints, decode_body
+from .forwarding import ForwardingEndpoints
 from .hub import StateHub
 from .servers import parse_server
 from .state_store import NodeCoordinate, coordinate_from_wire, coordinate_to_wire
@@ -236,9 +236,8 @@ class CoordinateEndpoints(ForwardingEndpoints):
     # ------------------------------------------------------------------ Update
 
     async def update(self, body: Any) -> Wire:
-        request = decode_body(CoordinateUpdateRequest.from_wire, body)
-        done, reply = await self._forward(
-            COORDINATE_UPDATE, body, request.datacenter, is_read=False, allow_stale=False
+        request, done, reply = await self._forward_write(
+            COORDINATE_UPDATE, body, CoordinateUpdateRequest.from_wire
         )
         if done:
             return reply  # type: ignore[no-any-return]
@@ -299,13 +298,8 @@ class CoordinateEndpoints(ForwardingEndpoints):
     # ------------------------------------------------------------------ reads
 
     async def list_nodes(self, body: Any) -> Any:
-        request = decode_body(DCSpecificRequest.from_wire, body)
-        done, reply = await self._forward(
-            COORDINATE_LIST_NODES,
-            body,
-            request.datacenter,
-            is_read=True,
-            allow_stale=request.options.allow_stale,
+        request, done, reply = await self._forward_read(
+            COORDINATE_LIST_NODES, body, DCSpecificRequest.from_wire
         )
         if done:
             return reply

@@ -217,14 +217,7 @@ class CatalogEndpoints(ForwardingEndpoints):
     ) -> Any:
         """A read: decode, forward (a stale read stays here), check, run as a blocking query;
         the ``Indexed*`` reply."""
-        request = decode_body(parse, body)
-        done, reply = await self._forward(
-            method,
-            body,
-            request.datacenter,
-            is_read=True,
-            allow_stale=request.options.allow_stale,
-        )
+        request, done, reply = await self._forward_read(method, body, parse)
         if done:
             return reply
         if check is not None:
@@ -252,9 +245,8 @@ class CatalogEndpoints(ForwardingEndpoints):
     # ------------------------------------------------------------------ Catalog
 
     async def catalog_register(self, body: Any) -> Wire:
-        request = decode_body(RegisterRequest.from_wire, body)
-        done, reply = await self._forward(
-            "Catalog.Register", body, request.datacenter, is_read=False, allow_stale=False
+        request, done, reply = await self._forward_write(
+            "Catalog.Register", body, RegisterRequest.from_wire
         )
         if done:
             return reply  # type: ignore[no-any-return]
@@ -266,9 +258,8 @@ class CatalogEndpoints(ForwardingEndpoints):
         return {}
 
     async def catalog_deregister(self, body: Any) -> Wire:
-        request = decode_body(DeregisterRequest.from_wire, body)
-        done, reply = await self._forward(
-            "Catalog.Deregister", body, request.datacenter, is_read=False, allow_stale=False
+        request, done, reply = await self._forward_write(
+            "Catalog.Deregister", body, DeregisterRequest.from_wire
         )
         if done:
             return reply  # type: ignore[no-any-return]
@@ -372,10 +363,7 @@ class CatalogEndpoints(ForwardingEndpoints):
     # ------------------------------------------------------------------ KVS
 
     async def kvs_apply(self, body: Any) -> bool:
-        request: KVSRequest = decode_body(KVSRequest.from_wire, body)
-        done, reply = await self._forward(
-            "KVS.Apply", body, request.datacenter, is_read=False, allow_stale=False
-        )
+        request, done, reply = await self._forward_write("KVS.Apply", body, KVSRequest.from_wire)
         if done:
             return reply  # type: ignore[no-any-return]
         entry = request.dir_ent
@@ -424,9 +412,8 @@ class CatalogEndpoints(ForwardingEndpoints):
     # ------------------------------------------------------------------ Session
 
     async def session_apply(self, body: Any) -> str:
-        request: SessionRequest = decode_body(SessionRequest.from_wire, body)
-        done, reply = await self._forward(
-            "Session.Apply", body, request.datacenter, is_read=False, allow_stale=False
+        request, done, reply = await self._forward_write(
+            "Session.Apply", body, SessionRequest.from_wire
         )
         if done:
             return reply  # type: ignore[no-any-return]
@@ -481,13 +468,8 @@ class CatalogEndpoints(ForwardingEndpoints):
         """``Session.Renew``: the session (or none) at the sessions index, its TTL timer reset;
         no blocking and no QueryMeta but the index, as the reference."""
         method = "Session.Renew"
-        request = decode_body(SessionSpecificRequest.from_wire, body)
-        done, reply = await self._forward(
-            method,
-            body,
-            request.datacenter,
-            is_read=True,
-            allow_stale=request.options.allow_stale,
+        request, done, reply = await self._forward_read(
+            method, body, SessionSpecificRequest.from_wire
         )
         if done:
             return reply

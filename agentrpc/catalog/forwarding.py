@@ -13,14 +13,32 @@ caller unchanged, as the reference returns the remote error.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..serverport.endpoints import BadRequestBody, Endpoints, Handler
 from .consensus import ConsensusFacts, Forwarder
 from .rules import Route, route
-from .structs import WireDecodeError
+from .structs import QueryOptions, WireDecodeError
 
 T = TypeVar("T")
+
+
+class RoutedRequest(Protocol):
+    """A write request: it names the datacenter that serves it."""
+
+    @property
+    def datacenter(self) -> str: ...
+
+
+class RoutedRead(RoutedRequest, Protocol):
+    """A read request: a datacenter and the query options (``AllowStale``)."""
+
+    @property
+    def options(self) -> QueryOptions: ...
+
+
+W = TypeVar("W", bound=RoutedRequest)
+R = TypeVar("R", bound=RoutedRead)
 
 
 def decode_body(fn: Callable[[Any], T], body: Any) -> T:
@@ -32,7 +50,7 @@ def decode_body(fn: Callable[[Any], T], body: Any) -> T:
         raise BadRequestBody(str(exc)) from None
 
 
-__all__ = ["ForwardingEndpoints"]
+__all__ = ["ForwardingEndpoints", "RoutedRead", "RoutedRequest"]
 
 
 class ForwardingEndpoints:
@@ -65,3 +83,29 @@ class ForwardingEndpoints:
         if where is Route.DATACENTER:
             return True, await self.forwarder.forward_datacenter(datacenter, method, body)
         return True, await self.forwarder.forward_leader(method, body)
+
+    async def _forward_read(
+        self, method: str, body: Any, decode: Callable[[Any], R]
+    ) -> tuple[R, bool, Any]:
+        """Decode a read request and send it where it is served: ``(request, done, reply)``,
+        ``done`` False when it is served here (a stale read on any server, else the leader)."""
+        request = decode_body(decode, body)
+        done, reply = await self._forward(
+            method,
+            body,
+            request.datacenter,
+            is_read=True,
+            allow_stale=request.options.allow_stale,
+        )
+        return request, done, reply
+
+    async def _forward_write(
+        self, method: str, body: Any, decode: Callable[[Any], W]
+    ) -> tuple[W, bool, Any]:
+        """Decode a write request and send it where it is served (its datacenter's leader):
+        ``(request, done, reply)`` as :meth:`_forward_read`."""
+        request = decode_body(decode, body)
+        done, reply = await self._forward(
+            method, body, request.datacenter, is_read=False, allow_stale=False
+        )
+        return request, done, reply

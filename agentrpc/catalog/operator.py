@@ -35,7 +35,7 @@ from ..raft.configuration import Configuration, ConfigurationError, check_config
 from ..raft.errors import ERR_ENQUEUE_TIMEOUT, RaftError
 from ..serverport.endpoints import EndpointError, Endpoints
 from .consensus import ConsensusFacts, Forwarder
-from .forwarding import ForwardingEndpoints, decode_body
+from .forwarding import ForwardingEndpoints
 from .go_text import go_quote
 from .servers import parse_server
 from .structs import (
@@ -206,13 +206,8 @@ class OperatorEndpoints(ForwardingEndpoints):
         }
 
     async def raft_get_configuration(self, body: Any) -> Any:
-        request = decode_body(DCSpecificRequest.from_wire, body)
-        done, reply = await self._forward(
-            RAFT_GET_CONFIGURATION,
-            body,
-            request.datacenter,
-            is_read=True,
-            allow_stale=request.options.allow_stale,
+        _, done, reply = await self._forward_read(
+            RAFT_GET_CONFIGURATION, body, DCSpecificRequest.from_wire
         )
         if done:
             return reply
@@ -232,9 +227,8 @@ class OperatorEndpoints(ForwardingEndpoints):
         return await self._remove(RAFT_REMOVE_PEER_BY_ID, body, by_id=True)
 
     async def _remove(self, method: str, body: Any, *, by_id: bool) -> Wire:
-        request = decode_body(RaftRemovePeerRequest.from_wire, body)
-        done, reply = await self._forward(
-            method, body, request.datacenter, is_read=False, allow_stale=False
+        request, done, reply = await self._forward_write(
+            method, body, RaftRemovePeerRequest.from_wire
         )
         if done:
             return reply if isinstance(reply, dict) else {}
