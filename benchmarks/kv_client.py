@@ -31,7 +31,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -46,6 +45,7 @@ from typing import Any, Final
 
 import trio
 
+from benchmarks.harness import loadavg, machine_facts, percentile, say, spread
 from benchmarks.http_kv import VALUE, Conn, _index, _request
 
 CLI: Final = [sys.executable, "-m", "agentrpc.cli"]
@@ -69,17 +69,6 @@ PLANS: Final = {
     "quick": Plan(rounds=1, window=1.5, warmup=0.3, samples=15),
     "tiny": Plan(rounds=1, window=0.3, warmup=0.1, samples=4, callers=(1, 4)),
 }
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[int(q * (len(ordered) - 1))]
 
 
 def _free_port() -> int:
@@ -330,13 +319,6 @@ async def wakeup_cell(port: int, plan: Plan) -> dict[str, Any]:
     }
 
 
-def loadavg() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 async def measure(agents: Sequence[Agent], plan: Plan) -> dict[str, Any]:
     port = agents[-1].http_port
     ready = await wait_ready(agents, port)
@@ -381,10 +363,6 @@ async def measure(agents: Sequence[Agent], plan: Plan) -> dict[str, Any]:
 # ------------------------------------------------------------------ results
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def medians(rounds: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for callers in plan.callers:
@@ -396,14 +374,14 @@ def medians(rounds: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
                 if (c["kind"], c["callers"]) == (kind, callers)
             ]
             out[f"{kind}/{callers}"] = {
-                "per_second": _spread([c["per_second"] for c in cells]),
+                "per_second": spread([c["per_second"] for c in cells]),
                 "p50_ms": statistics.median(c["p50_ms"] for c in cells),
                 "p99_ms": statistics.median(c["p99_ms"] for c in cells),
                 "errors": sum(c["errors"] for c in cells),
             }
     wakeups = [r["wakeup"] for r in rounds]
     out["wakeup"] = {
-        "wakeup_p50_ms": _spread([w["wakeup_p50_ms"] for w in wakeups]),
+        "wakeup_p50_ms": spread([w["wakeup_p50_ms"] for w in wakeups]),
         "wakeup_p99_ms": statistics.median(w["wakeup_p99_ms"] for w in wakeups),
         "put_p50_ms": statistics.median(w["put_p50_ms"] for w in wakeups),
         "idle_put_p50_ms": statistics.median(w["idle_put_p50_ms"] for w in wakeups),
@@ -411,24 +389,6 @@ def medians(rounds: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
         "unchanged_answers": sum(w["unchanged_answers"] for w in wakeups),
     }
     return out
-
-
-def machine_facts() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
 
 
 def report(results: dict[str, Any]) -> str:

@@ -45,7 +45,6 @@ import datetime as dt
 import io
 import json
 import os
-import platform
 import pstats
 import select
 import shutil
@@ -74,7 +73,8 @@ from agentrpc.raft.transport import RaftTransport, tcp_dialer
 from agentrpc.serverport.endpoints import Endpoints
 from agentrpc.serverport.server import ServerPort
 
-from . import go_build
+from . import go_build, harness
+from .harness import loadavg, percentile, say
 from .servers import REPO_ROOT
 
 RESULTS: Final = REPO_ROOT / "benchmarks" / "results"
@@ -106,17 +106,6 @@ PLANS: Final = {
     "quick": Plan(rounds=1, window=1.5, warmup=0.5),
     "tiny": Plan(rounds=1, window=0.3, warmup=0.2, writers=(1, 8)),
 }
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[int(q * (len(ordered) - 1))]
 
 
 def command_for(slot: int, size: int) -> bytes:
@@ -486,13 +475,6 @@ def start_cluster(
         raise
 
 
-def loadavg() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return -1.0
-
-
 def run_cell(
     implementation: str,
     writers: int,
@@ -634,23 +616,7 @@ def comparisons(results: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dic
 
 
 def machine_facts(base: Path) -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    facts: dict[str, Any] = {
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "dir": str(base),
-    }
+    facts = harness.machine_facts() | {"sqlite": sqlite3.sqlite_version, "dir": str(base)}
     probes = {
         "filesystem": ["stat", "-f", "-c", "%T", str(base)],
         "go": ["go", "version"],

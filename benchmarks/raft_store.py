@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from . import go_build
+from .harness import loadavg, percentile, say
 from .servers import REPO_ROOT
 
 RESULTS: Final = REPO_ROOT / "benchmarks" / "results"
@@ -67,17 +68,6 @@ PLANS: Final = {
     "full": Plan(rounds=3, window=2.0),
     "quick": Plan(rounds=1, window=0.5, open_sizes=(10_000,)),
 }
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[int(q * (len(ordered) - 1))]
 
 
 # -- the child: one SQLite cell ----------------------------------------------------------------
@@ -133,13 +123,6 @@ def measure_sqlite(directory: Path, writers: int, window: float, group: bool) ->
 
 
 # -- the parent ----------------------------------------------------------------------------------
-
-
-def loadavg() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return -1.0
 
 
 def run_cell(store: str, writers: int, plan: Plan, base: Path, go: Path | None) -> dict[str, Any]:
