@@ -2,10 +2,27 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
-import pytest
-from rpc_helpers import TRANSPORTS
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _installed_first() -> None:
+    """The tests import the installed agentrpc (its ``agentrpc.transports`` and
+    ``agentrpc.cli`` mapped by the package, not found by path), never the checkout through
+    ``sys.path``: ``python -m pytest`` puts the working directory first, so it moves to the
+    end, where the tests still find ``benchmarks`` and ``scripts`` (not installed)."""
+    here = {"", ".", str(REPO_ROOT)}
+    kept = [entry for entry in sys.path if entry not in here and Path(entry) != REPO_ROOT]
+    sys.path[:] = [*kept, str(REPO_ROOT)]
+
+
+_installed_first()
+
+import pytest  # noqa: E402 - after the path is set
+from rpc_helpers import TRANSPORTS  # noqa: E402
 
 
 @pytest.fixture(params=TRANSPORTS)

@@ -8,13 +8,10 @@ engine, report) against agentrpc with a few hundred requests, and checks the res
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `benchmarks` lives at the top of the repository
-    sys.path.append(str(REPO_ROOT))
 
 from benchmarks import report, suite  # noqa: E402
 

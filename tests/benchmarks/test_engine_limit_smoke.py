@@ -24,8 +24,6 @@ from go_programs import require_go
 from hypothesis import given, settings, strategies as st
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `benchmarks` lives at the top of the repository
-    sys.path.append(str(REPO_ROOT))
 
 from benchmarks import bare_servers, engine_limit, go_build, gossip_idle, servers  # noqa: E402
 from benchmarks.wire import encode_request  # noqa: E402

@@ -10,12 +10,9 @@ every agent, the results file and the report.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `benchmarks` lives at the top of the repository
-    sys.path.append(str(REPO_ROOT))
 
 from benchmarks import kv_client  # noqa: E402
 

@@ -10,7 +10,6 @@ results dict and the report.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,6 @@ import msgpack
 from go_programs import require_go
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `benchmarks` lives at the top of the repository
-    sys.path.append(str(REPO_ROOT))
 
 from benchmarks import raft_cluster  # noqa: E402
 

@@ -30,8 +30,6 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 from agentrpc.raft.log import LogEntry, LogType
 from agentrpc.raft.snapshots import FileSnapshotStore
 from agentrpc.raft.sqlite_store import SQLiteStore
