@@ -33,6 +33,7 @@ import trio
 
 from .client_errors import (
     NOT_AN_AGENT_HINT,
+    SERF_NOT_AN_AGENT_HINT,
     AgentConnectionError,
     AgentGoneError,
     AgentTimeoutError,
@@ -292,6 +293,8 @@ class BaseClient:
     _default_address: ClassVar[str] = DEFAULT_ADDRESS
     _default_port: ClassVar[int] = DEFAULT_RPC_PORT
     _env_address: ClassVar[str] = ENV_RPC_ADDR
+    _not_an_agent_hint: ClassVar[str] = NOT_AN_AGENT_HINT
+    """What the errors of a peer that does not speak this dialect tell the user to check."""
 
     def __init__(
         self,
@@ -419,24 +422,24 @@ class BaseClient:
         except ProtocolError as exc:
             raise NotAnAgentError(
                 f"{where} does not speak the agent RPC (its answer to the handshake: {exc}); "
-                f"{NOT_AN_AGENT_HINT}",
+                f"{self._not_an_agent_hint}",
                 address=where,
             ) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise NotAnAgentError(
                 f"{where} closed the connection without answering the handshake "
-                f"({_reason(exc)}); {NOT_AN_AGENT_HINT}",
+                f"({_reason(exc)}); {self._not_an_agent_hint}",
                 address=where,
             ) from None
         if received > HANDSHAKE_READ_LIMIT:
             raise NotAnAgentError(
                 f"{where} sent {received} bytes without answering the handshake; "
-                f"{NOT_AN_AGENT_HINT}",
+                f"{self._not_an_agent_hint}",
                 address=where,
             )
         raise NotAnAgentError(
             f"{where} closed the connection without answering the handshake (is the agent "
-            f"refusing connections, or is it not an agent RPC port?); {NOT_AN_AGENT_HINT}",
+            f"refusing connections, or is it not an agent RPC port?); {self._not_an_agent_hint}",
             address=where,
         )
 
@@ -733,6 +736,7 @@ class SerfClient(BaseClient):
 
     _default_address: ClassVar[str] = DEFAULT_SERF_ADDRESS
     _default_port: ClassVar[int] = DEFAULT_SERF_RPC_PORT
+    _not_an_agent_hint: ClassVar[str] = SERF_NOT_AN_AGENT_HINT
     _env_address: ClassVar[str] = ENV_SERF_RPC_ADDR
 
     def __init__(

@@ -32,6 +32,13 @@ NOT_AN_AGENT_HINT: Final = (
 )
 """What to check when a peer does not speak the agent RPC (said by every such error)."""
 
+SERF_NOT_AN_AGENT_HINT: Final = (
+    "is it a gossip port, the server port or Consul's agent RPC port? Serf's RPC port is the "
+    "one `agentrpc serve --serf-rpc-addr` logs as 'Serf RPC listening on' (`serf agent`'s "
+    "-rpc-addr)"
+)
+"""The same for :class:`~agentrpc.client.SerfClient`, whose port is another listener."""
+
 
 class ClientError(Exception):
     """Base of the client's errors."""

@@ -412,7 +412,10 @@ async def test_the_other_commands_against_a_gossip_port() -> None:
         results,
         {
             "rpc": not_rpc,
-            "serf": not_rpc,
+            # The Serf dialect's commands point at its own listener, not at Consul's RPC.
+            "serf": rf"Error connecting to agent: {where} does not speak the agent RPC \(.+\); "
+            r"is it a gossip port, the server port or Consul's agent RPC port\? Serf's RPC port "
+            r"is the one `agentrpc serve --serf-rpc-addr` logs as 'Serf RPC listening on' .+",
             "http": rf"{{prefix}}: Error connecting to the HTTP API at {where}: {where} does not "
             r"speak HTTP \(.+\); is --http-addr the agent's HTTP port\? `agentrpc serve` logs it "
             r"as 'HTTP API listening on'",

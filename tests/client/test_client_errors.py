@@ -26,6 +26,7 @@ from agentrpc import (
     PermissionDeniedError,
     RPCError,
 )
+from agentrpc.client import SerfClient
 from agentrpc.protocol.codec import Request, RequestDecoder
 from agentrpc.transports import AddressError, MemoryNetwork, memory_stream_pair
 
@@ -93,7 +94,9 @@ async def _enter(client: Client) -> None:
         raise AssertionError("the client should not have connected")
 
 
-async def _with_peer(peer: Peer, **options: float) -> Exception:
+async def _with_peer(
+    peer: Peer, client_type: type[Client] | type[SerfClient] = Client, **options: float
+) -> Exception:
     """Run a client against ``peer`` over an in-memory stream; the exception it raised."""
     ours, theirs = memory_stream_pair()
 
@@ -105,7 +108,7 @@ async def _with_peer(peer: Peer, **options: float) -> Exception:
         nursery.start_soon(run_peer)
         try:
             with trio.fail_after(60):  # a deadline that does not hold fails, never hangs
-                await _enter(Client(stream=ours, **options))
+                await _enter(client_type(stream=ours, **options))
         except Exception as exc:  # the test inspects exactly what came out (a group too)
             caught = exc
         nursery.cancel_scope.cancel()
@@ -188,7 +191,16 @@ async def test_a_peer_that_is_no_agent(peer: Peer, text: str) -> None:
     caught = await _with_peer(peer)
     assert type(caught) is NotAnAgentError
     assert text in str(caught)
-    assert "RPC listening on" in str(caught)
+    assert "logs as 'RPC listening on'" in str(caught)
+
+
+async def test_a_serf_client_points_at_the_serf_rpc_listener() -> None:
+    """Its port is another listener: the hint names the one to look for."""
+    caught = await _with_peer(_garbage, SerfClient)
+    assert type(caught) is NotAnAgentError
+    assert "does not speak the agent RPC" in str(caught)
+    assert "'Serf RPC listening on'" in str(caught)
+    assert "logs as 'RPC listening on'" not in str(caught)
 
 
 async def _refuse_version(stream: trio.abc.Stream) -> None:
