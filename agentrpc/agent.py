@@ -18,9 +18,10 @@ import trio
 
 from . import build_info
 from .admission import AdmissionCounter, Refusal, peer_of
-from .agent_http import AgentHTTP
+from .agent_http import AgentHTTP, lan_user_event
 from .budget import SharedBudget
 from .catalog.constants import ERR_NO_SERVERS
+from .catalog.event_endpoint import EVENT_FIRE, event_endpoint
 from .catalog.keyring_endpoint import KEYRING_OPERATION, keyring_endpoint
 from .catalog.operator import install_operator
 from .catalog.raft_consensus import ServerForwarder
@@ -496,6 +497,16 @@ class Agent:
                 datacenter=config.datacenter,
                 forwarder=forwarder,
                 logger=self.hub.logger("agent.server.keyring"),
+            ),
+        )
+        endpoints.register(
+            EVENT_FIRE,
+            event_endpoint(
+                fire=lan_user_event(lambda: self.lan),
+                datacenter=config.datacenter,
+                facts=raft.facts,
+                forwarder=forwarder,
+                logger=self.hub.logger("agent.server.event"),
             ),
         )
         self.raft = raft

@@ -11,20 +11,21 @@ events the LAN pool delivers to the :class:`~agentrpc.http_api.events.UserEventL
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 import trio
 
 from . import build_info
-from .catalog.constants import ERR_NO_SERVERS
+from .catalog.constants import ERR_NO_DC_PATH, ERR_NO_SERVERS
+from .catalog.event_endpoint import EVENT_FIRE, EventFireRequest, UserEventSender
 from .catalog.keyring_endpoint import KEYRING_OPERATIONS, KeyringRequest
 from .catalog.structs import QueryOptions
 from .commands import keyring_operation
 from .config import AgentConfig
 from .gossip.coordinate import Coordinate
 from .gossip.serf_events import UserEventReceived
-from .http_api.events import UserEventLog
+from .http_api.events import EVENT_PREFIX, UserEventLog
 from .http_api.host import AgentInfo, KeyringResult
 from .local_state.agent_state import LocalAgent
 from .local_state.state import LocalState
@@ -39,10 +40,17 @@ from .serverport.pool import ConnectionPool
 from .serverport.server import ServerPort
 from .transports import Address
 
-__all__ = ["ERR_NO_DC_PATH", "ERR_NO_SERVERS", "AgentHTTP", "HTTPHost"]
+__all__ = [
+    "ERR_NO_DC_PATH",
+    "ERR_NO_GOSSIP_EVENTS",
+    "ERR_NO_SERVERS",
+    "AgentHTTP",
+    "HTTPHost",
+    "lan_user_event",
+]
 
-ERR_NO_DC_PATH: Final = "No path to datacenter"
-"""Consul's ``structs.ErrNoDCPath``: a user event for another datacenter (no forwarding yet)."""
+ERR_NO_GOSSIP_EVENTS: Final = "the LAN pool has no gossip layer: no user events"
+"""A user event fired on a server whose LAN pool does not gossip (a test double's pool)."""
 
 
 class HTTPHost(Protocol):
@@ -95,6 +103,21 @@ class HTTPHost(Protocol):
     def shutdown(self) -> None: ...
 
     def subscribe_log(self, min_level: int, queue_size: int) -> LogSubscription: ...
+
+
+def lan_user_event(lookup: Callable[[], MembershipPool]) -> UserEventSender:
+    """The ``fire`` callable of :func:`~agentrpc.catalog.event_endpoint.event_endpoint` over
+    the LAN pool ``lookup`` returns at each call: serf's user event, not coalesced (serf's
+    refusals are ``ValueError`` s with its text); a pool without gossip refuses."""
+
+    async def fire(name: str, payload: bytes) -> None:
+        pool = lookup()
+        if not isinstance(pool, GossipPool):
+            await trio.lowlevel.checkpoint()
+            raise ValueError(ERR_NO_GOSSIP_EVENTS)
+        await pool.user_event(name, payload, False)
+
+    return fire
 
 
 def coordinate_json(coord: Coordinate) -> dict[str, Any]:
@@ -255,13 +278,19 @@ class AgentHTTP:
         ]
 
     async def fire_user_event(self, datacenter: str, name: str, payload: bytes) -> None:
-        host = self._host
-        if datacenter and datacenter != host.config.datacenter:
-            raise ValueError(ERR_NO_DC_PATH)
-        pool = host.lan
-        if not isinstance(pool, GossipPool):
-            raise ValueError("the LAN pool has no gossip layer: no user events")
-        await pool.user_event(name, payload)
+        """Consul's ``UserEvent``: ``Internal.EventFire`` through :meth:`call` (a server's own
+        port in-process, a client's server manager), with ``AllowStale`` (any server of the
+        datacenter may fire it). The server routes it to ``datacenter`` and fires it in that
+        datacenter's LAN pool. ``name`` is the serf event name the HTTP API gives (the server
+        adds the prefix again: the request carries the event's own name). An RPC error
+        (``No path to datacenter``, ``No known Consul servers``, serf's refusal) propagates."""
+        request = EventFireRequest(
+            datacenter=datacenter or self._host.config.datacenter,
+            name=name.removeprefix(EVENT_PREFIX),
+            payload=payload,
+            options=QueryOptions(allow_stale=True),
+        )
+        await self.call(EVENT_FIRE, request.to_wire())
 
     # ------------------------------------------------------------------ tasks
 

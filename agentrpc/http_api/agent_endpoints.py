@@ -30,6 +30,7 @@ from ..local_state.agent_state import LocalAgentError
 from ..local_state.definitions import VALID_STATUSES, DefinitionError, parse_check, parse_service
 from ..local_state.state import clip_output
 from ..log_protocol import INFO, LEVEL_INDEX, clip
+from ..serverport.endpoints import RemoteError, RPCCallError
 from . import go_json, shapes
 from .constants import (
     CONTENT_TEXT,
@@ -37,6 +38,7 @@ from .constants import (
     ERR_MISSING_ENABLE,
     ERR_MISSING_NAME,
     ERR_MISSING_SERVICE_ID,
+    ERR_PERMISSION_DENIED,
     ERR_UNKNOWN_LOG_LEVEL,
     ERR_WAN_JOIN_CLIENT,
     MONITOR_QUEUE,
@@ -366,8 +368,13 @@ async def event_fire(api: APIContext, request: Request) -> Response:
     try:
         validate(event)
         await api.agent.fire_user_event(api.dc(request), serf_name(name), encode_payload(event))
-    except (UserEventError, ValueError) as exc:
+    except (UserEventError, ValueError, RPCCallError) as exc:
         raise HTTPError(500, str(exc)) from None
+    except RemoteError as exc:
+        # ``Internal.EventFire``'s own error: "Permission denied" is a 403 with that text.
+        if ERR_PERMISSION_DENIED in exc.error:
+            raise HTTPError(403, ERR_PERMISSION_DENIED) from None
+        raise HTTPError(500, exc.error) from None
     return json_response(event.to_json(), request)
 
 

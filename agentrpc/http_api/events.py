@@ -3,9 +3,11 @@ serf payload, the filters, and the ring of the last 256 events that ``/v1/event/
 
 An event fired through the HTTP API is validated (:func:`validate`), given an ID and the
 version 1, encoded as msgpack (Consul's codec tags: ``ID``, ``n``, ``p``, ``nf``, ``sf``,
-``tf``, ``v``; empty ones omitted) and sent as the serf user event ``consul:event:<name>``. An
-agent that receives such a serf event decodes it, keeps it if its filters match this node
-(:func:`should_process`) and adds it to its :class:`UserEventLog`.
+``tf``, ``v``; empty ones omitted) and sent to a server of the datacenter it is for
+(``Internal.EventFire``, :mod:`agentrpc.catalog.event_endpoint`), which fires it in its LAN pool
+as the serf user event ``consul:event:<name>``. An agent that receives such a serf event
+decodes it, keeps it if its filters match this node (:func:`should_process`) and adds it to its
+:class:`UserEventLog`.
 
 The log is the Trio part: a bounded ring with a change notification for the blocking list.
 """
@@ -21,6 +23,7 @@ from typing import Any, Final
 import msgpack
 import trio
 
+from ..catalog.event_endpoint import USER_EVENT_PREFIX
 from ..catalog.structs import NodeService
 from .go_json import b64
 
@@ -38,7 +41,8 @@ __all__ = [
     "validate",
 ]
 
-EVENT_PREFIX: Final = "consul:event:"
+EVENT_PREFIX: Final = USER_EVENT_PREFIX
+"""The serf event name prefix of a Consul event (the server adds it: ``Internal.EventFire``)."""
 USER_EVENT_MAX_VERSION: Final = 1
 EVENT_BUFFER: Final = 256
 """``eventBuffer``: how many events an agent keeps for ``/v1/event/list``."""
