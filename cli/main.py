@@ -151,11 +151,14 @@ def members(
 # ---------------------------------------------------------------------------------- join
 
 _FAILED_TO = re.compile(r"^(?:\* )?Failed to (?:join|resolve) (.+?): (.*)$")
+_DIALED = re.compile(r"^dial tcp \S+: connect: ")
+"""The ``net.Dial`` wording memberlist passes on: its address is the one the line names."""
 
 
 def join_reasons(error: str) -> list[str] | None:
     """The reasons in a join error of the reference's form (``N error(s) occurred: * Failed to
-    join HOST: reason``), without the host (memberlist drops the port; we know the address);
+    join HOST: reason``), without the host (memberlist names the IP alone; we know the
+    address) and without the dial's ``dial tcp HOST:PORT: connect:`` (the same address again);
     None for any other error (``Must be a server to join WAN cluster``)."""
     lines = [line.strip() for line in error.splitlines() if line.strip()]
     if not lines or not re.match(r"^\d+ error\(s\) occurred:$", lines[0]):
@@ -163,7 +166,7 @@ def join_reasons(error: str) -> list[str] | None:
     reasons = []
     for line in lines[1:]:
         match = _FAILED_TO.match(line)
-        reasons.append(match.group(2) if match else line.removeprefix("* "))
+        reasons.append(_DIALED.sub("", match.group(2)) if match else line.removeprefix("* "))
     return reasons
 
 

@@ -82,6 +82,7 @@ from agentrpc.transports import describe_connect_error
 
 __all__ = [
     "PEER_ERRORS",
+    "DialError",
     "BroadcastSource",
     "MemberlistNet",
     "PacketHandler",
@@ -419,9 +420,13 @@ class MemberlistNet:
     # Streams out.
 
     async def dial(self, address: GossipAddress) -> trio.abc.Stream:
-        """A stream to ``address`` within the TCP timeout (``TimeoutError`` past it)."""
-        with trio.move_on_after(self._profile.tcp_timeout):
-            return await self._transport.dial(address)
+        """A stream to ``address`` within the TCP timeout (``TimeoutError`` past it; a
+        :class:`DialError` when the connection is not made)."""
+        try:
+            with trio.move_on_after(self._profile.tcp_timeout):
+                return await self._transport.dial(address)
+        except OSError as exc:
+            raise DialError(address, exc) from exc
         raise TimeoutError(f"dial tcp {address}: i/o timeout")
 
     async def exchange_state(
@@ -557,11 +562,27 @@ def stream_message_type(message: StreamMessage) -> int:
     return int(MessageType.USER)
 
 
+class DialError(OSError):
+    """A TCP connection to a peer that was not made, worded as Go's ``net.Dial`` error that
+    memberlist passes on (``dial tcp 127.0.0.1:8301: connect: connection refused``), so that
+    a join error names the port it tried."""
+
+    def __init__(self, address: GossipAddress, cause: OSError) -> None:
+        super().__init__(cause.errno, describe_connect_error(cause))
+        self.address = address
+
+    def __str__(self) -> str:
+        return f"dial tcp {self.address}: connect: {self.strerror}"
+
+
 def describe_peer_error(exc: BaseException) -> str:
     """One of :data:`PEER_ERRORS` as Go's memberlist words it (``i/o timeout``, ``connection
-    refused``), for log lines and join errors."""
+    refused``, a dial's ``dial tcp HOST:PORT: connect: ...``), for log lines and join
+    errors."""
     if isinstance(exc, trio.TooSlowError):
         return "i/o timeout"
+    if isinstance(exc, DialError):
+        return str(exc)
     if isinstance(exc, OSError):
         return describe_connect_error(exc)
     return str(exc) or type(exc).__name__
