@@ -10,10 +10,11 @@ may invalidate a session take ``now`` (seconds on the caller's clock) for the lo
 The semantics, as ``consul/state`` has them:
 
 - **Registration** (``EnsureRegistration``): the node is upserted unless nothing changed
-  (Address, TaggedAddresses), the service likewise (``IsSame``), every check always (a missing
-  Status becomes ``critical``; a check of a service copies its ServiceName; a critical check
-  destroys the sessions that name it). A check whose node or service is missing fails the
-  whole registration (``Missing node registration`` / ``Missing service registration``).
+  (Node as spelled, Address, TaggedAddresses), the service likewise (``IsSame``), every check
+  always (a missing Status becomes ``critical``; a check of a service copies its ServiceName;
+  a critical check destroys the sessions that name it). A check whose node or service is
+  missing fails the whole registration (``Missing node registration`` / ``Missing service
+  registration``).
 - **Deregistration** cascades: a node takes its services, checks and sessions; a service its
   checks; a removed check destroys the sessions that name it.
 - **KV**: ``set`` keeps CreateIndex and Session (LockIndex and the rest come from the
@@ -35,6 +36,14 @@ The semantics, as ``consul/state`` has them:
   ``Get`` (the KV and tombstone tables), ``List``/``ListKeys`` (the highest ModifyIndex under
   the prefix, tombstones included, else the table indexes) and ``NodeServices`` of a missing
   node (0). A read given a :class:`~agentrpc.catalog.watch.WatchSet` adds what it depended on.
+
+**Names** compare as the reference's memdb indexes do (``Lowercase: true``): node names,
+service names, service IDs and check IDs in any case name the same row (:func:`fold_name`),
+in every table that holds them (nodes, services, checks, coordinates, the sessions of a
+node, the sessions of a check); records keep the case they were written with, and
+registering ``FOO`` over ``foo`` updates that node (its name now ``FOO``). KV keys and
+session IDs compare exactly. Rows are kept under the folded name, so iteration orders follow
+the lower-cased names, as memdb's.
 
 Writes record what they changed (:meth:`StateStore.take_changes`), so the Trio side wakes
 exactly the blocked queries concerned. Iteration orders follow memdb's indexes (sorted by id).
@@ -90,6 +99,7 @@ __all__ = [
     "StoreCapture",
     "coordinate_from_wire",
     "coordinate_to_wire",
+    "fold_name",
     "node_coordinates_from_wire",
 ]
 
@@ -99,6 +109,20 @@ TABLE_COORDINATES: Final = "coordinates"
 _LOCK_DELAY_PRUNE_AT: Final = 1024
 """Expired lock-delays are swept when the table has grown to twice its size after a sweep
 (and at least this many entries), so it stays bounded by the keys locked in the last minute."""
+
+
+_GO_LOWER_EXCEPTIONS: Final = {"\u0130": "i"}
+"""Characters whose full lower-case mapping (Python's) is not their simple one (Go's)."""
+
+
+def fold_name(name: str) -> str:
+    """A name as the reference's lower-cased memdb indexes hold it (Go's ``strings.ToLower``:
+    each character's simple lower-case mapping, with no context, so a final sigma stays
+    ``σ`` and ``İ`` becomes ``i``)."""
+    if name.isascii():
+        return name.lower()
+    exceptions = _GO_LOWER_EXCEPTIONS
+    return "".join(exceptions.get(c) or c.lower() for c in name)
 
 
 class StateError(Exception):
@@ -351,62 +375,76 @@ class StateStore:
     def ensure_registration(self, idx: int, req: RegisterRequest, now: float) -> None:
         """``EnsureRegistration``: node, service and checks in one all-or-nothing write."""
         checks = ([req.check] if req.check is not None else []) + list(req.checks or ())
-        existing_node = self._nodes.get(req.node)
+        node_key = fold_name(req.node)
+        existing_node = self._nodes.get(node_key)
         service = req.service
+        service_key = fold_name(service.id) if service is not None else None
         for check in checks:
-            if check.node != req.node and check.node not in self._nodes:
+            check_node = fold_name(check.node)
+            if check_node != node_key and check_node not in self._nodes:
                 raise StateError(f"failed inserting check: {ERR_MISSING_NODE}")
-            if check.service_id and not (
-                (check.node == req.node and service is not None and service.id == check.service_id)
-                or check.service_id in self._services.get(check.node, {})
-            ):
-                raise StateError(f"failed inserting check: {ERR_MISSING_SERVICE}")
+            if check.service_id:
+                wanted = fold_name(check.service_id)
+                if not (
+                    (check_node == node_key and service_key == wanted)
+                    or wanted in self._services.get(check_node, {})
+                ):
+                    raise StateError(f"failed inserting check: {ERR_MISSING_SERVICE}")
         if existing_node is None or (
-            existing_node.address != req.address
+            existing_node.node != req.node
+            or existing_node.address != req.address
             or existing_node.tagged_addresses != req.tagged_addresses
         ):
             self._ensure_node(idx, Node(req.node, req.address, req.tagged_addresses), existing_node)
         if service is not None:
-            current = self._services.get(req.node, {}).get(service.id)
+            current = self._services.get(node_key, {}).get(fold_name(service.id))
             if current is None or not current.same_as(service):
-                self._ensure_service(idx, req.node, service)
+                self._ensure_service(idx, node_key, service)
         for check in checks:
             self._ensure_check(idx, check, now)
 
     def _ensure_node(self, idx: int, node: Node, existing: Node | None) -> None:
         create = existing.create_index if existing is not None else idx
-        self._nodes[node.node] = replace(node, create_index=create, modify_index=idx)
+        self._nodes[fold_name(node.node)] = replace(node, create_index=create, modify_index=idx)
         self._touch(TABLE_NODES, idx)
 
-    def _ensure_service(self, idx: int, node: str, service: NodeService) -> None:
-        services = self._services.setdefault(node, {})
-        existing = services.get(service.id)
-        if existing is not None and existing.service != service.service:
-            self._unindex_service_name(existing.service, node, service.id)
+    def _ensure_service(self, idx: int, node_key: str, service: NodeService) -> None:
+        """Upsert ``service`` on the node whose folded name is ``node_key``."""
+        services = self._services.setdefault(node_key, {})
+        service_key = fold_name(service.id)
+        existing = services.get(service_key)
+        if existing is not None:
+            self._unindex_service_name(existing.service, node_key, service_key)
         create = existing.create_index if existing is not None else idx
-        services[service.id] = replace(service, create_index=create, modify_index=idx)
-        self._service_names.setdefault(service.service, set()).add((node, service.id))
+        services[service_key] = replace(service, create_index=create, modify_index=idx)
+        self._index_service_name(service.service, node_key, service_key)
         self._touch(TABLE_SERVICES, idx)
 
-    def _unindex_service_name(self, name: str, node: str, service_id: str) -> None:
-        members = self._service_names.get(name)
+    def _index_service_name(self, name: str, node_key: str, service_key: str) -> None:
+        self._service_names.setdefault(fold_name(name), set()).add((node_key, service_key))
+
+    def _unindex_service_name(self, name: str, node_key: str, service_key: str) -> None:
+        folded = fold_name(name)
+        members = self._service_names.get(folded)
         if members is not None:
-            members.discard((node, service_id))
+            members.discard((node_key, service_key))
             if not members:
-                del self._service_names[name]
+                del self._service_names[folded]
 
     def _ensure_check(self, idx: int, check: HealthCheck, now: float) -> None:
-        node_checks = self._checks.setdefault(check.node, {})
-        existing = node_checks.get(check.check_id)
+        node_key = fold_name(check.node)
+        check_key = fold_name(check.check_id)
+        node_checks = self._checks.setdefault(node_key, {})
+        existing = node_checks.get(check_key)
         create = existing.create_index if existing is not None else idx
         status = check.status or HEALTH_CRITICAL
         service_name = check.service_name
         if check.service_id:
-            service_name = self._services[check.node][check.service_id].service
+            service_name = self._services[node_key][fold_name(check.service_id)].service
         if status == HEALTH_CRITICAL:
-            for session_id in sorted(self._session_checks.get((check.node, check.check_id), ())):
+            for session_id in sorted(self._session_checks.get((node_key, check_key), ())):
                 self._delete_session(idx, session_id, now)
-        node_checks[check.check_id] = replace(
+        node_checks[check_key] = replace(
             check,
             status=status,
             service_name=service_name,
@@ -417,6 +455,7 @@ class StateStore:
 
     def delete_node(self, idx: int, node: str, now: float) -> None:
         """``DeleteNode``: the node, its services, checks and sessions (a no-op if absent)."""
+        node = fold_name(node)
         if node not in self._nodes:
             return
         for service_id in sorted(self._services.get(node, {})):
@@ -434,14 +473,15 @@ class StateStore:
 
     def delete_service(self, idx: int, node: str, service_id: str, now: float) -> None:
         """``DeleteService``: the service and its checks (a no-op if absent)."""
-        self._delete_service(idx, node, service_id, now)
+        self._delete_service(idx, fold_name(node), fold_name(service_id), now)
 
     def _delete_service(self, idx: int, node: str, service_id: str, now: float) -> None:
+        """``node`` and ``service_id`` folded."""
         services = self._services.get(node)
         if services is None or service_id not in services:
             return
         for check_id, check in sorted(self._checks.get(node, {}).items()):
-            if check.service_id == service_id:
+            if fold_name(check.service_id) == service_id:
                 self._delete_check(idx, node, check_id, now)
         self._touch(TABLE_CHECKS, idx)
         service = services.pop(service_id)
@@ -450,9 +490,10 @@ class StateStore:
 
     def delete_check(self, idx: int, node: str, check_id: str, now: float) -> None:
         """``DeleteCheck``: the check and the sessions that name it (a no-op if absent)."""
-        self._delete_check(idx, node, check_id, now)
+        self._delete_check(idx, fold_name(node), fold_name(check_id), now)
 
     def _delete_check(self, idx: int, node: str, check_id: str, now: float) -> None:
+        """``node`` and ``check_id`` folded."""
         checks = self._checks.get(node)
         if checks is None or check_id not in checks:
             return
@@ -465,29 +506,31 @@ class StateStore:
 
     def get_node(self, node: str, ws: WatchSet | None = None) -> tuple[int, Node | None]:
         _add(ws, TABLE_NODES)
-        return self.table_index(TABLE_NODES), self._nodes.get(node)
+        return self.table_index(TABLE_NODES), self._nodes.get(fold_name(node))
 
     def nodes(self, ws: WatchSet | None = None) -> tuple[int, list[Node]]:
         _add(ws, TABLE_NODES)
         return self.table_index(TABLE_NODES), [self._nodes[n] for n in sorted(self._nodes)]
 
     def services(self, ws: WatchSet | None = None) -> tuple[int, dict[str, list[str]]]:
-        """Every service name with the union of its tags (sorted)."""
+        """Every service name with the union of its tags (sorted). Names are grouped as
+        written (the reference's map is keyed by ServiceName), so ``Web`` and ``web`` are two
+        entries."""
         _add(ws, TABLE_SERVICES)
-        result: dict[str, list[str]] = {}
-        for name in sorted(self._service_names):
-            tags: set[str] = set()
-            for node, service_id in self._service_names[name]:
-                tags.update(self._services[node][service_id].tags or ())
-            result[name] = sorted(tags)
+        grouped: dict[str, set[str]] = {}
+        for members in self._service_names.values():
+            for node, service_id in members:
+                service = self._services[node][service_id]
+                grouped.setdefault(service.service, set()).update(service.tags or ())
+        result = {name: sorted(grouped[name]) for name in sorted(grouped)}
         return self.table_index(TABLE_SERVICES), result
 
     def _instances(self, name: str, tag: str | None) -> list[tuple[Node, NodeService]]:
         found = []
-        wanted = tag.lower() if tag is not None else None
-        for node, service_id in sorted(self._service_names.get(name, ())):
+        wanted = fold_name(tag) if tag is not None else None
+        for node, service_id in sorted(self._service_names.get(fold_name(name), ())):
             service = self._services[node][service_id]
-            if wanted is not None and not any(t.lower() == wanted for t in service.tags or ()):
+            if wanted is not None and not any(fold_name(t) == wanted for t in service.tags or ()):
                 continue
             found.append((self._nodes[node], service))
         return found
@@ -504,18 +547,19 @@ class StateStore:
     ) -> tuple[int, tuple[Node, dict[str, NodeService]] | None]:
         """``NodeServices``: (0, None) for a missing node, as the reference."""
         _add(ws, TABLE_NODES, TABLE_SERVICES)
+        node = fold_name(node)
         found = self._nodes.get(node)
         if found is None:
             return 0, None
         services = self._services.get(node, {})
         return self.table_index(TABLE_NODES, TABLE_SERVICES), (
             found,
-            {sid: services[sid] for sid in sorted(services)},
+            {services[sid].id: services[sid] for sid in sorted(services)},
         )
 
     def node_checks(self, node: str, ws: WatchSet | None = None) -> tuple[int, list[HealthCheck]]:
         _add(ws, TABLE_CHECKS)
-        checks = self._checks.get(node, {})
+        checks = self._checks.get(fold_name(node), {})
         return self.table_index(TABLE_CHECKS), [checks[c] for c in sorted(checks)]
 
     def _all_checks(self) -> Iterator[HealthCheck]:
@@ -529,7 +573,8 @@ class StateStore:
     ) -> tuple[int, list[HealthCheck]]:
         """The checks of every instance of service ``name`` (by ServiceName)."""
         _add(ws, TABLE_CHECKS)
-        found = [c for c in self._all_checks() if c.service_name == name]
+        wanted = fold_name(name)
+        found = [c for c in self._all_checks() if fold_name(c.service_name) == wanted]
         return self.table_index(TABLE_CHECKS), found
 
     def checks_in_state(
@@ -550,16 +595,20 @@ class StateStore:
         _add(ws, TABLE_NODES, TABLE_SERVICES, TABLE_CHECKS)
         result = []
         for node, service in self._instances(name, tag):
-            checks = self._checks.get(node.node, {})
+            checks = self._checks.get(fold_name(node.node), {})
+            own = fold_name(service.id)
             relevant = tuple(
-                checks[c] for c in sorted(checks) if checks[c].service_id in ("", service.id)
+                checks[c]
+                for c in sorted(checks)
+                if not checks[c].service_id or fold_name(checks[c].service_id) == own
             )
             result.append(CheckServiceNode(node, service, relevant))
         return self.table_index(TABLE_NODES, TABLE_SERVICES, TABLE_CHECKS), result
 
     def _node_info(self, node: Node) -> NodeInfo:
-        services = self._services.get(node.node, {})
-        checks = self._checks.get(node.node, {})
+        key = fold_name(node.node)
+        services = self._services.get(key, {})
+        checks = self._checks.get(key, {})
         return NodeInfo(
             node,
             tuple(services[s] for s in sorted(services)),
@@ -568,7 +617,7 @@ class StateStore:
 
     def node_info(self, node: str, ws: WatchSet | None = None) -> tuple[int, list[NodeInfo]]:
         _add(ws, TABLE_NODES, TABLE_SERVICES, TABLE_CHECKS)
-        found = self._nodes.get(node)
+        found = self._nodes.get(fold_name(node))
         dump = [] if found is None else [self._node_info(found)]
         return self.table_index(TABLE_NODES, TABLE_SERVICES, TABLE_CHECKS), dump
 
@@ -773,11 +822,11 @@ class StateStore:
         behavior = session.behavior or SESSION_RELEASE
         if behavior not in (SESSION_RELEASE, SESSION_DELETE):
             raise StateError(f"Invalid session behavior: {behavior}")
-        if session.node not in self._nodes:
+        if fold_name(session.node) not in self._nodes:
             raise StateError(ERR_MISSING_NODE)
-        node_checks = self._checks.get(session.node, {})
+        node_checks = self._checks.get(fold_name(session.node), {})
         for check_id in session.checks or ():
-            check = node_checks.get(check_id)
+            check = node_checks.get(fold_name(check_id))
             if check is None:
                 raise StateError(f"Missing check '{check_id}' registration")
             if check.status == HEALTH_CRITICAL:
@@ -791,23 +840,27 @@ class StateStore:
 
     def _index_session(self, session: Session) -> None:
         self._sessions[session.id] = session
-        self._node_sessions.setdefault(session.node, set()).add(session.id)
+        node = fold_name(session.node)
+        self._node_sessions.setdefault(node, set()).add(session.id)
         for check_id in session.checks or ():
-            self._session_checks.setdefault((session.node, check_id), set()).add(session.id)
+            key = (node, fold_name(check_id))
+            self._session_checks.setdefault(key, set()).add(session.id)
 
     def _unindex_session(self, session: Session) -> None:
         del self._sessions[session.id]
-        mine = self._node_sessions.get(session.node)
+        node = fold_name(session.node)
+        mine = self._node_sessions.get(node)
         if mine is not None:
             mine.discard(session.id)
             if not mine:
-                del self._node_sessions[session.node]
+                del self._node_sessions[node]
         for check_id in session.checks or ():
-            named = self._session_checks.get((session.node, check_id))
+            key = (node, fold_name(check_id))
+            named = self._session_checks.get(key)
             if named is not None:
                 named.discard(session.id)
                 if not named:
-                    del self._session_checks[(session.node, check_id)]
+                    del self._session_checks[key]
 
     def session_destroy(self, idx: int, session_id: str, now: float) -> None:
         """``SessionDestroy``: invalidate the session (a no-op if absent)."""
@@ -843,7 +896,7 @@ class StateStore:
 
     def node_sessions(self, node: str, ws: WatchSet | None = None) -> tuple[int, list[Session]]:
         _add(ws, TABLE_SESSIONS)
-        ids = sorted(self._node_sessions.get(node, ()))
+        ids = sorted(self._node_sessions.get(fold_name(node), ()))
         return self.table_index(TABLE_SESSIONS), [self._sessions[s] for s in ids]
 
     # ------------------------------------------------------------------ coordinates
@@ -853,8 +906,9 @@ class StateStore:
         are dropped without a word); the table index moves to ``idx`` in any case."""
         nodes = self._nodes
         for update in updates:
-            if update.node in nodes:
-                self._coordinates[update.node] = update
+            key = fold_name(update.node)
+            if key in nodes:
+                self._coordinates[key] = update
         self._touch(TABLE_COORDINATES, idx)
 
     def coordinates(self, ws: WatchSet | None = None) -> tuple[int, list[NodeCoordinate]]:
@@ -865,7 +919,7 @@ class StateStore:
 
     def coordinate_get(self, node: str) -> Coordinate | None:
         """``CoordinateGetRaw``: the node's raw coordinate, or None."""
-        found = self._coordinates.get(node)
+        found = self._coordinates.get(fold_name(node))
         return found.coord if found is not None else None
 
     # ------------------------------------------------------------------ snapshot and restore
@@ -901,24 +955,29 @@ class StateStore:
             yield key, stones[key]
 
     def services_of(self, node: str) -> list[NodeService]:
-        services = self._services.get(node, {})
+        services = self._services.get(fold_name(node), {})
         return [services[s] for s in sorted(services)]
 
     def checks_of(self, node: str) -> list[HealthCheck]:
-        checks = self._checks.get(node, {})
+        checks = self._checks.get(fold_name(node), {})
         return [checks[c] for c in sorted(checks)]
 
     def restore_node(self, node: Node) -> None:
-        self._nodes[node.node] = node
+        self._nodes[fold_name(node.node)] = node
         self._bump(TABLE_NODES, node.modify_index)
 
     def restore_service(self, node: str, service: NodeService) -> None:
-        self._services.setdefault(node, {})[service.id] = service
-        self._service_names.setdefault(service.service, set()).add((node, service.id))
+        node_key, service_key = fold_name(node), fold_name(service.id)
+        services = self._services.setdefault(node_key, {})
+        existing = services.get(service_key)
+        if existing is not None:
+            self._unindex_service_name(existing.service, node_key, service_key)
+        services[service_key] = service
+        self._index_service_name(service.service, node_key, service_key)
         self._bump(TABLE_SERVICES, service.modify_index)
 
     def restore_check(self, check: HealthCheck) -> None:
-        self._checks.setdefault(check.node, {})[check.check_id] = check
+        self._checks.setdefault(fold_name(check.node), {})[fold_name(check.check_id)] = check
         self._bump(TABLE_CHECKS, check.modify_index)
 
     def restore_session(self, session: Session) -> None:
@@ -940,7 +999,7 @@ class StateStore:
     def restore_coordinate(self, entry: NodeCoordinate, index: int) -> None:
         """``StateRestore.Coordinates``: inserted as they come (they were vetted on the way
         in), the table index raised to ``index`` (the snapshot's LastIndex)."""
-        self._coordinates[entry.node] = entry
+        self._coordinates[fold_name(entry.node)] = entry
         self._bump(TABLE_COORDINATES, index)
 
     def restore_indexes(self, indexes: dict[str, int]) -> None:
@@ -970,16 +1029,22 @@ class StateStore:
 
     def check_invariants(self) -> None:
         """Assert the secondary indexes agree with the tables (for tests)."""
+        for key, node_record in self._nodes.items():
+            assert key == fold_name(node_record.node), key
         names: dict[str, set[tuple[str, str]]] = {}
         for node, services in self._services.items():
             assert node in self._nodes, node
             for sid, service in services.items():
-                names.setdefault(service.service, set()).add((node, sid))
+                assert sid == fold_name(service.id), sid
+                names.setdefault(fold_name(service.service), set()).add((node, sid))
         assert names == self._service_names
         for node, checks in self._checks.items():
             assert node in self._nodes or not checks, node
+            for check_key, check in checks.items():
+                assert check_key == fold_name(check.check_id), check_key
+                assert fold_name(check.node) == node, check
         for node, entry in self._coordinates.items():
-            assert node in self._nodes and entry.node == node, node
+            assert node in self._nodes and fold_name(entry.node) == node, node
         held: dict[str, set[str]] = {}
         for entry in self._kvs.values.values():
             if entry.session:
@@ -991,8 +1056,9 @@ class StateStore:
         by_node: dict[str, set[str]] = {}
         by_check: dict[tuple[str, str], set[str]] = {}
         for session in self._sessions.values():
-            by_node.setdefault(session.node, set()).add(session.id)
+            node = fold_name(session.node)
+            by_node.setdefault(node, set()).add(session.id)
             for check_id in session.checks or ():
-                by_check.setdefault((session.node, check_id), set()).add(session.id)
+                by_check.setdefault((node, fold_name(check_id)), set()).add(session.id)
         assert by_node == self._node_sessions
         assert by_check == self._session_checks

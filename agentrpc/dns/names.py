@@ -10,10 +10,15 @@ Under the domain (``consul.`` by default), read from the right:
 - any other last label is a datacenter and the rest is read again, as the reference does
   (so ``web.service.dc2.consul`` asks dc2).
 
-Keywords (``node``, ``service``, ``query``, ``addr``, ``tcp``) match in any case and the
-datacenter is lower-cased, as the reference lower-cases the whole name; node, service and tag
-names keep the case the client sent (the catalog compares them). Names under ``arpa.`` are
-reverse lookups; the domain itself is the apex; anything else is outside the domain.
+The name is read in lower case, as the reference lower-cases the whole question
+(``strings.ToLower``) before parsing: keywords (``node``, ``service``, ``query``, ``addr``,
+``tcp``) match in any case, and the node, service, tag, query and datacenter names sent to
+the catalog are lower case (the catalog compares node and service names case-insensitively,
+as Consul's state store, so ``Web.service.consul`` finds ``web``). Only ASCII letters are
+folded here: a DNS label's other bytes are not letters to DNS (RFC 4343). The answer's owner
+name is the question as the client spelled it (the resolver's business). Names under
+``arpa.`` are reverse lookups; the domain itself is the apex; anything else is outside the
+domain.
 """
 
 from __future__ import annotations
@@ -117,20 +122,20 @@ def parse_name(qname: dns.name.Name, domain: dns.name.Name, datacenter: str) -> 
             return ReverseLookup()
         return OutsideDomain()
     relative = qname.relativize(domain)
-    labels = [label_text(label) for label in relative.labels]
+    labels = [label_text(label.lower()) for label in relative.labels]
     if not labels:
         return ApexLookup()
-    text = relative.to_text()
+    text = relative.to_text().lower()
     # Each pass strips one label as the datacenter: at most as many passes as labels.
     while labels:
         n = len(labels)
-        keyword = labels[-1].lower()
+        keyword = labels[-1]
         if keyword == "service":
             if n == 1:
                 break
             if n == 3 and labels[0].startswith("_") and labels[1].startswith("_"):
                 tag = labels[1][1:]
-                return ServiceLookup(datacenter, labels[0][1:], "" if tag.lower() == "tcp" else tag)
+                return ServiceLookup(datacenter, labels[0][1:], "" if tag == "tcp" else tag)
             tag = ".".join(labels[: n - 2]) if n >= 3 else ""
             return ServiceLookup(datacenter, labels[n - 2], tag)
         if keyword == "node":
@@ -146,7 +151,7 @@ def parse_name(qname: dns.name.Name, domain: dns.name.Name, datacenter: str) -> 
             if address is None:
                 break
             return AddrLookup(address)
-        datacenter = labels.pop().lower()
+        datacenter = labels.pop()
     return InvalidName(text)
 
 

@@ -14,6 +14,9 @@ for the caller's throttled log.
 What it answers (the reference's behaviour, and where this one differs, in ``docs/dns.md``):
 
 - nodes (``Catalog.NodeServices``): A, AAAA, or a CNAME for a non-IP address; ANY as A/AAAA;
+  any other type (TXT, MX, CNAME, SRV, ...) an empty NOERROR without a lookup, and a known
+  node without a record of the asked type an empty NOERROR too, both without an SOA, as the
+  reference (``nodeLookup`` answers only ANY, A and AAAA);
 - services (``Health.ServiceNodes``): instances with a critical check dropped (and warning
   ones too with ``only_passing``), shuffled, deduplicated by address (A/AAAA/ANY) or by node,
   address and port (SRV, target ``<node>.node.<dc>.<domain>``, its A/AAAA in the additional
@@ -21,7 +24,8 @@ What it answers (the reference's behaviour, and where this one differs, in ``doc
 - prepared queries (``PreparedQuery.Execute``), ``.addr.`` names, reverse lookups
   (``Catalog.ListNodes``), the apex's SOA;
 - NXDOMAIN with the SOA in the authority section for a name that names nothing; NOERROR
-  with no answer and the SOA for a known name without records of the asked type;
+  with no answer and the SOA for a service (or prepared query) with healthy instances but no
+  record of the asked type (TXT, MX, ...);
 - over UDP, without EDNS (or with a buffer of at most 512 bytes), at most
   ``udp_answer_limit`` answers (at most 8) and 512 bytes; with EDNS0, the query's buffer size
   up to ``max_udp_size``; over TCP up to 65535 bytes. Answers that do not fit are dropped
@@ -116,6 +120,9 @@ _CNAME: Final = dns.rdatatype.CNAME
 _SOA: Final = dns.rdatatype.SOA
 _SRV: Final = dns.rdatatype.SRV
 _NODE_TYPES: Final = frozenset({_ANY, _A, _AAAA, _CNAME})
+"""The types a node's record is formatted for (``formatNodeRecord``)."""
+_NODE_LOOKUP_TYPES: Final = frozenset({_ANY, _A, _AAAA})
+"""The types a node lookup answers (``nodeLookup``); any other is an empty NOERROR."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +313,10 @@ class Resolution:
             return self._nxdomain()
         if isinstance(lookup, AddrLookup):
             return self._addr(lookup)
+        if isinstance(lookup, NodeLookup) and self.qtype not in _NODE_LOOKUP_TYPES:
+            # The reference returns before its lookup: NOERROR, no answer, no SOA (but the
+            # one an SOA question got above), whether the node exists or not.
+            return self._finish()
         return self._ask()
 
     def receive(self, reply: Any) -> Action:
@@ -531,9 +542,9 @@ class Resolution:
             self.qtype,
             self.config.node_ttl(),
         )
+        # No record of the asked type (an A question for an IPv6 node): an empty NOERROR
+        # without an SOA, as the reference.
         self._response.answer.extend(records)
-        if not records:
-            self._add_soa()
         return self._finish()
 
     def _service_answer(self, lookup: ServiceLookup, body: Wire) -> Respond:

@@ -166,6 +166,7 @@ _KEYS: Final = frozenset(
         "udp_answer_limit",
         "recursor_timeout",
         "disable_compression",
+        "translate_wan_addrs",
     }
 )
 
@@ -179,7 +180,11 @@ def parse_dns_config(
 ) -> DNSConfig:
     """A :class:`DNSConfig` from Consul's ``dns_config`` object; :class:`DNSConfigError`
     names the first bad key. ``recursor_timeout`` and ``disable_compression`` are accepted and
-    have no effect (there are no recursors; replies are always compressed)."""
+    have no effect (there are no recursors; replies are always compressed).
+
+    ``translate_wan_addrs`` is a top-level key in Consul (passed here as the keyword); until
+    the agent's config has it, ``dns_config.translate_wan_addrs`` sets it too, and wins when
+    both are given."""
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
         raise DNSConfigError(f"dns_config: unknown key {unknown[0]!r}")
@@ -188,7 +193,7 @@ def parse_dns_config(
         ns = _duration(raw, key)
         if ns is not None:
             values[name] = ns
-    for key in ("allow_stale", "only_passing", "enable_truncate"):
+    for key in ("allow_stale", "only_passing", "enable_truncate", "translate_wan_addrs"):
         flag = _flag(raw, key)
         if flag is not None:
             values[key] = flag
@@ -209,4 +214,5 @@ def parse_dns_config(
             assert ns is not None
             ttls[service] = ns
         values["service_ttl_ns"] = ttls
-    return DNSConfig(domain=domain, translate_wan_addrs=translate_wan_addrs, token=token, **values)
+    values.setdefault("translate_wan_addrs", translate_wan_addrs)
+    return DNSConfig(domain=domain, token=token, **values)

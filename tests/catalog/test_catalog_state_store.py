@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import pytest
 from catalog_helpers import Driver
+from hypothesis import given, settings, strategies as st
 
 from agentrpc.catalog.constants import MAX_LOCK_DELAY_NS, SECOND_NS
-from agentrpc.catalog.state_store import StateError
+from agentrpc.catalog.state_store import NodeCoordinate, StateError, fold_name
 from agentrpc.catalog.structs import DirEntry, HealthCheck, NodeService, RegisterRequest, Session
 from agentrpc.catalog.watch import WatchSet, key_item, prefix_item, table_item
+from agentrpc.gossip.coordinate import Coordinate
 
 # ------------------------------------------------------------------ registration
 
@@ -368,3 +370,135 @@ def test_reads_record_their_watch_items_and_writes_their_changes() -> None:
     assert changes.keys == {"p/x"}
     assert changes.tombstone_index == d.index
     assert not d.store.take_changes()
+
+
+# ------------------------------------------------------------------ names in any case
+
+
+def _case_permutation(data: st.DataObject, name: str) -> str:
+    flips = data.draw(st.lists(st.booleans(), min_size=len(name), max_size=len(name)))
+    return "".join(c.swapcase() if flip else c for c, flip in zip(name, flips, strict=True))
+
+
+_names = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.É",
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.data(), _names, _names, _names)
+def test_any_case_of_a_registered_name_finds_it(
+    data: st.DataObject, node: str, service: str, check: str
+) -> None:
+    d = Driver()
+    d.node(node, "10.0.0.1")
+    d.service(node, service + "-1", service, tags=("Primary",), port=80)
+    d.check(node, check, service_id=service + "-1")
+    node_any = _case_permutation(data, node)
+    service_any = _case_permutation(data, service)
+    _, found = d.store.get_node(node_any)
+    assert found is not None and found.node == node  # the stored case comes back
+    _, services = d.store.node_services(node_any)
+    assert services is not None and list(services[1]) == [service + "-1"]
+    _, instances = d.store.service_nodes(service_any)
+    assert [(n.node, s.service) for n, s in instances] == [(node, service)]
+    _, instances = d.store.service_nodes(service_any, "pRIMARY")
+    assert len(instances) == 1
+    _, healthy = d.store.check_service_nodes(service_any)
+    assert [c.check_id for c in healthy[0].checks] == [check]
+    assert [c.check_id for c in d.store.node_checks(node_any)[1]] == [check]
+    assert [c.check_id for c in d.store.service_checks(service_any)[1]] == [check]
+    assert len(d.store.node_info(node_any)[1]) == 1
+    d.store.check_invariants()
+    # Deleting by any case removes the rows.
+    d.store.delete_service(d.next(), node_any, _case_permutation(data, service + "-1"), d.now)
+    assert d.store.service_nodes(service)[1] == []
+    assert d.store.node_checks(node)[1] == []
+    d.store.delete_node(d.next(), _case_permutation(data, node), d.now)
+    assert d.store.get_node(node)[1] is None
+    d.store.check_invariants()
+
+
+def test_registering_a_node_in_another_case_updates_that_node() -> None:
+    d = Driver()
+    first = d.node("foo", "10.0.0.1")
+    d.service("foo", "web", port=80)
+    d.check("foo", "serfHealth")
+    renamed = d.node("FOO", "10.0.0.1")  # same address: the name alone changes the node
+    _, nodes = d.store.nodes()
+    assert [(n.node, n.create_index, n.modify_index) for n in nodes] == [("FOO", first, renamed)]
+    # Its services and checks stay with it.
+    _, found = d.store.node_services("Foo")
+    assert found is not None and found[0].node == "FOO" and list(found[1]) == ["web"]
+    assert [c.check_id for c in d.store.node_checks("foo")[1]] == ["serfHealth"]
+    # A service ID or a check ID in another case is the same row, rewritten as sent.
+    d.service("foo", "WEB", "web", port=81)
+    _, found = d.store.node_services("foo")
+    assert found is not None and [(s.id, s.port) for s in found[1].values()] == [("WEB", 81)]
+    d.check("FOO", "SERFHEALTH", status="critical")
+    assert [(c.check_id, c.status) for c in d.store.node_checks("foo")[1]] == [
+        ("SERFHEALTH", "critical")
+    ]
+    d.store.check_invariants()
+
+
+def test_checks_and_sessions_name_nodes_and_services_in_any_case() -> None:
+    d = Driver()
+    d.node("node1")
+    # A check naming its node and service in another case is accepted (no Missing ... error).
+    request = RegisterRequest(
+        node="node1",
+        address="10.0.0.1",
+        service=NodeService("Api-1", "Api"),
+        checks=[HealthCheck("NODE1", "c1", service_id="api-1", status="passing")],
+    )
+    d.store.ensure_registration(d.next(), request, d.now)
+    [check] = d.store.node_checks("node1")[1]
+    assert check.service_name == "Api"
+    # A session on the node in any case, with the check in any case; the check turning
+    # critical (named in a third case) invalidates it.
+    d.session("s1", "Node1", checks=["C1"])
+    assert [s.id for s in d.store.node_sessions("nOdE1")[1]] == ["s1"]
+    d.check("node1", "c1", status="critical")
+    assert d.store.session_get("s1")[1] is None
+    d.store.check_invariants()
+
+
+def test_names_stay_apart_from_keys_and_service_listing_keeps_each_spelling() -> None:
+    d = Driver()
+    d.node("n1")
+    d.node("n2")
+    d.service("n1", "web-a", "Web", tags=("a",))
+    d.service("n2", "web-b", "web", tags=("b",))
+    # Both spellings are one service to the lookups...
+    _, instances = d.store.service_nodes("WEB")
+    assert sorted(s.id for _, s in instances) == ["web-a", "web-b"]
+    # ...and two names in the listing, as the reference's map keyed by ServiceName.
+    assert d.store.services()[1] == {"Web": ["a"], "web": ["b"]}
+    # KV keys stay case-sensitive.
+    d.set("Key")
+    assert d.store.kvs_get("key")[1] is None and d.store.kvs_get("Key")[1] is not None
+    # Nodes are listed in the order of their lower-cased names, as memdb's index.
+    d.node("B")
+    d.node("a")
+    assert [n.node for n in d.store.nodes()[1]] == ["a", "B", "n1", "n2"]
+
+
+def test_coordinates_follow_the_node_in_any_case() -> None:
+    d = Driver()
+    d.node("Node1")
+    coord = Coordinate((0.1, 0.2), 0.5, 0.0, 0.0001)
+    d.store.coordinate_batch_update(d.next(), [NodeCoordinate("node1", coord)])
+    assert d.store.coordinate_get("NODE1") == coord
+    d.store.delete_node(d.next(), "node1", d.now)
+    assert d.store.coordinates()[1] == []
+    d.store.check_invariants()
+
+
+def test_fold_name_is_gos_simple_lower_case() -> None:
+    assert fold_name("Web-1.Example") == "web-1.example"
+    assert fold_name("ÉCOLE") == "école"
+    assert fold_name("\u0130stanbul") == "istanbul"  # Go: U+0130 to a plain i
+    assert fold_name("ΟΔΟΣ") == "οδοσ"  # no final-sigma rule

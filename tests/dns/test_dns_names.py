@@ -33,7 +33,8 @@ def parse(text: str, domain: dns.name.Name = CONSUL) -> object:
         ("foo.node.consul.", NodeLookup("dc1", "foo")),
         ("foo.node.dc2.consul.", NodeLookup("dc2", "foo")),
         ("foo.bar.node.consul.", NodeLookup("dc1", "foo.bar")),
-        ("Foo.NODE.DC2.Consul.", NodeLookup("dc2", "Foo")),
+        # The reference lower-cases the whole question before reading it.
+        ("Foo.NODE.DC2.Consul.", NodeLookup("dc2", "foo")),
         ("web.service.consul.", ServiceLookup("dc1", "web", "")),
         ("v1.web.service.consul.", ServiceLookup("dc1", "web", "v1")),
         ("a.b.web.service.dc3.consul.", ServiceLookup("dc3", "web", "a.b")),
@@ -98,7 +99,7 @@ def test_service_and_tag_round_trip(service: str, tag: str) -> None:
     if service.startswith("_") or tag.lower() in {"service", "node", "query", "addr"}:
         return
     plain = parse(f"{dns.name.Name([tag.encode()]).to_text()}.{_text(service)}.service.consul.")
-    assert plain == ServiceLookup("dc1", service, tag)
+    assert plain == ServiceLookup("dc1", service.lower(), tag.lower())
 
 
 def _text(label: str) -> str:

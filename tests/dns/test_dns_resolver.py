@@ -149,8 +149,6 @@ def test_node_records_by_address_kind_and_question_type() -> None:
         ("ANY", "fe80::1", ["fe80::1"]),
         ("A", "::ffff:10.1.1.1", ["10.1.1.1"]),
         ("A", "www.example.com", ["www.example.com."]),
-        ("CNAME", "www.example.com", ["www.example.com."]),
-        ("TXT", "10.0.0.1", []),
         ("A", "fe80::1%eth0", ["fe80::1%eth0."]),  # not an IP for Go either: a CNAME
     ]
     for rdtype, address, expected in cases:
@@ -159,8 +157,14 @@ def test_node_records_by_address_kind_and_question_type() -> None:
         reply = decode(respond)
         assert texts(reply) == expected, (rdtype, address)
         assert reply.rcode() == dns.rcode.NOERROR
-        # No records of that type: the SOA says so (NOERROR, no data).
-        assert bool(reply.authority) is (not expected)
+        # No records of that type: an empty NOERROR without an SOA, as the reference.
+        assert not reply.authority
+    # Other types (CNAME included) are not looked up at all: an empty NOERROR, no SOA.
+    for rdtype in ("CNAME", "TXT", "MX", "SRV", "PTR", "NS"):
+        calls, respond = run(make("n.node.consul.", rdtype)[0])
+        reply = decode(respond)
+        assert not calls and reply.rcode() == dns.rcode.NOERROR, rdtype
+        assert not reply.answer and not reply.authority
 
 
 def test_unknown_node_is_nxdomain_with_soa() -> None:
@@ -174,7 +178,11 @@ def test_unknown_node_is_nxdomain_with_soa() -> None:
 
 
 def test_an_soa_question_gets_the_soa_in_authority_once() -> None:
-    _, respond = run(make("foo.node.consul.", "SOA")[0], node_reply("foo", "10.0.0.1"))
+    calls, respond = run(make("foo.node.consul.", "SOA")[0])
+    reply = decode(respond)
+    assert not calls  # a node lookup answers only A, AAAA and ANY
+    assert not reply.answer and len(texts(reply, "authority")) == 1
+    _, respond = run(make("web.service.consul.", "SOA")[0], health_reply(instance("n", "1.2.3.4")))
     reply = decode(respond)
     assert not reply.answer and len(texts(reply, "authority")) == 1
 
