@@ -45,6 +45,8 @@ from .dns.settings import DNSConfigError, parse_dns_config
 from .hostport import join_host_port
 from .http_api.api import build_http_server
 from .http_api.server import HTTPServer
+from .local_state.agent_state import LocalAgentError
+from .local_state.from_config import ConfigDefinitions, config_definitions
 from .log_protocol import DEBUG, WARN, clip, describe_failure, parse_level
 from .logs import Logger, LogHub, LogSubscription
 from .membership import (
@@ -203,11 +205,17 @@ class Agent:
         over an in-process network instead of UDP/TCP sockets (tests, simulations).
 
         Raises :class:`AgentStartError` when a configured serf host does not resolve, or
-        ``dns_config`` does not parse."""
+        ``dns_config`` does not parse, or a service or check of the config files is refused
+        (the :class:`~agentrpc.config.ConfigError` naming its file and key)."""
         self.config = config
         try:
             self._dns_settings = parse_dns_config(config.dns_config, domain=config.domain)
         except DNSConfigError as exc:
+            raise AgentStartError(str(exc)) from exc
+        # The config files' services and checks, registered in the local state at start.
+        try:
+            self._config_definitions: ConfigDefinitions = config_definitions(config)
+        except ConfigError as exc:
             raise AgentStartError(str(exc)) from exc
         self._overrides = dict(overrides or {})
         self._network = network
@@ -264,7 +272,8 @@ class Agent:
         self.http: HTTPServer | None = None
         """Consul's HTTP API (unless ``http_addr`` is "")."""
         self.http_agent: AgentHTTP | None = None
-        """What the HTTP API drives: local services and checks, user events, in-process RPC."""
+        """The local services and checks (on every agent once started, with or without the
+        HTTP API, which drives them), user events, in-process RPC."""
         self._http_scope = trio.CancelScope()
         """Around the HTTP side's tasks (anti-entropy, checks, user events)."""
         self.server_address: Address | None = None
@@ -408,8 +417,9 @@ class Agent:
             await nursery.start(run_until, stop, self.catalog.coordinates.run)
         if not config.disable_coordinates:
             await nursery.start(run_until, stop, self._coordinate_sender().run)
+        bridge = await self._start_local(nursery)
         if config.http_addr:
-            await self._start_http(nursery)
+            await self._start_http(nursery, bridge)
 
     def _coordinate_sender(self) -> CoordinateSender:
         """Consul's ``sendCoordinate``: this agent's LAN coordinate to a server, in-process
@@ -626,11 +636,23 @@ class Agent:
             raise AgentStartError(f"DNS address {config.dns_addr}: {_os_reason(exc)}") from exc
         self.dns = dns
 
-    async def _start_http(self, nursery: trio.Nursery) -> None:
-        """Consul's HTTP API on ``http_addr``, after the pools (user events come from the LAN
-        pool) and the server port (a server's ``call`` is its port in-process)."""
+    async def _start_local(self, nursery: trio.Nursery) -> AgentHTTP:
+        """The local services and checks (the config files' registered first), their
+        anti-entropy and checks, and the user-event feed: on every agent, with or without the
+        HTTP API; after the pools (user events come from the LAN pool) and the server port
+        (a server's ``call`` is its port in-process)."""
         bridge = AgentHTTP(self, logger=self.hub.logger("agent.http"))
+        try:
+            bridge.local.load_config(self._config_definitions)
+        except LocalAgentError as exc:
+            raise AgentStartError(f"config files' services and checks: {exc}") from exc
         await nursery.start(self._run_http_side, bridge)
+        self.http_agent = bridge
+        return bridge
+
+    async def _start_http(self, nursery: trio.Nursery, bridge: AgentHTTP) -> None:
+        """Consul's HTTP API on ``http_addr``, over the local state :meth:`_start_local`
+        started."""
         http = build_http_server(
             self.config.http_addr, bridge, self.hub.logger("agent.http"), network=self._network
         )
@@ -640,7 +662,6 @@ class Agent:
             raise AgentStartError(
                 f"HTTP address {self.config.http_addr}: {_os_reason(exc)}"
             ) from exc
-        self.http_agent = bridge
         self.http = http
 
     async def _run_http_side(
@@ -1055,11 +1076,23 @@ class Agent:
         """Re-read the config files; keep running on the old config when the new one is bad.
 
         Reading and parsing happen in a worker thread, so no client waits on a reload.
+
+        The config files' services and checks replace those the previous config registered
+        (see :meth:`~agentrpc.local_state.agent_state.LocalAgent.load_config`): removed ones
+        are deregistered, changed ones registered again, unchanged ones keep their checks'
+        status. Those registered through the HTTP API are kept, where Consul 0.8's reload
+        drops every one it did not persist. A definition refused keeps the old config.
         """
         self.log.info("Reloading configuration...")
         old = self.config
+        files, overrides = old.config_files, self._overrides
+
+        def read() -> tuple[AgentConfig, ConfigDefinitions]:
+            config = load_config(files, overrides)
+            return config, config_definitions(config)
+
         try:
-            new = await trio.to_thread.run_sync(load_config, old.config_files, self._overrides)
+            new, definitions = await trio.to_thread.run_sync(read)
         except ConfigError as exc:
             message = f"Failed to reload configs: {exc}"
             self.log.error(message)
@@ -1072,6 +1105,14 @@ class Agent:
                 + ", ".join(needs_restart)
             )
             new = replace(new, **{name: getattr(old, name) for name in needs_restart})
+        if self.http_agent is not None:  # else the local state starts with them
+            try:
+                self.http_agent.local.load_config(definitions)
+            except LocalAgentError as exc:
+                message = f"Failed to reload configs: {exc}"
+                self.log.error(message)
+                return message
+        self._config_definitions = definitions
         self.config = new
         # At once (RELOAD_AT_ONCE): rpc_token is read from self.config on every request.
         self.hub.level = parse_level(new.log_level)

@@ -36,10 +36,27 @@ DEFAULT_RETRY_INTERVAL: Final = 30.0
 """Seconds between two attempts of ``retry_join`` (and ``retry_join_wan``), as Consul."""
 MAX_JOIN_ADDRESSES: Final = 1024
 """Addresses one of ``start_join``, ``retry_join``, ... may list."""
+MAX_CONFIG_DEFINITIONS: Final = 2048
+"""Services and checks the config files may define in all (a service's own checks count too);
+the agent's local state holds twice as many, so HTTP registrations keep room."""
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDefinition:
+    """One service or check definition of a config file, as the file holds it.
+
+    This layer only checks its shape (an object); the local state's layer decodes and
+    validates it as the HTTP API does
+    (:func:`agentrpc.local_state.from_config.config_definitions`), naming :attr:`source` in
+    its errors."""
+
+    source: str
+    """Where it was defined: ``<file>: services[2]``, ``<file>: check``, ..."""
+    body: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +90,9 @@ class AgentConfig:
     max_connections: int = defaults.MAX_CONNECTIONS
     max_connections_per_client: int = defaults.MAX_CONNECTIONS_PER_CLIENT
     max_inflight: int = defaults.MAX_INFLIGHT
+    rpc_spin_us: int = 0
+    """Microseconds an agent RPC connection polls its socket before it blocks on a read (0:
+    never; the opt-in low-latency mode, which costs CPU while a client is between requests)."""
     monitor_queue_size: int = defaults.MONITOR_QUEUE
     send_queue_size: int = defaults.SEND_QUEUE
     drain_timeout: float = defaults.DRAIN_TIMEOUT
@@ -159,6 +179,12 @@ class AgentConfig:
     minority at a time (Consul's autopilot ``cleanup_dead_servers``)."""
     dev: bool = False
     """Keep everything in memory (Consul's ``-dev``): no data directory, nothing persisted."""
+    services: tuple[ConfigDefinition, ...] = ()
+    """Service definitions of the config files: a file's ``services`` (a list), then its
+    ``service`` (one object), each file adding to the ones before (Consul's ``Services``).
+    Registered in the local state at start and replaced on reload."""
+    checks: tuple[ConfigDefinition, ...] = ()
+    """Check definitions, the same way from ``checks`` and ``check`` (Consul's ``Checks``)."""
     config_files: tuple[str, ...] = ()
 
 
@@ -171,11 +197,14 @@ RELOAD_AT_ONCE: Final = frozenset(
         "gossip_max_members",
         "leave_on_terminate",
         "skip_leave_on_interrupt",
+        "services",
+        "checks",
     }
 )
 """Settings a reload applies at once, to live connections too: the log level and ring, the
 RPC token (checked on every request), the agent-wide byte budget, the gossip member bound,
-and what SIGTERM and SIGINT do (read when the signal comes)."""
+what SIGTERM and SIGINT do (read when the signal comes), and the config files' services and
+checks (the local state's are replaced by the new ones)."""
 
 RELOAD_NEW_CONNECTIONS: Final = frozenset(
     {
@@ -190,6 +219,7 @@ RELOAD_NEW_CONNECTIONS: Final = frozenset(
         "send_queue_size",
         "drain_timeout",
         "send_queue_bytes",
+        "rpc_spin_us",
     }
 )
 """Settings a reload applies to what starts after it: the connection caps to the next
@@ -207,6 +237,14 @@ _ADDRESS_KEYS: Final = ("rpc_addr", "serf_lan_addr", "serf_wan_addr", "server_ad
 _OPTIONAL_ADDRESS_KEYS: Final = ("serf_rpc_addr", "dns_addr", "http_addr")
 """Addresses that may be "" (that listener is off)."""
 _JOIN_KEYS: Final = ("start_join", "start_join_wan", "retry_join", "retry_join_wan")
+_DEFINITION_KEYS: Final = {
+    "services": ("services", True),
+    "service": ("services", False),
+    "checks": ("checks", True),
+    "check": ("checks", False),
+}
+"""A file's key: the field its definitions go to, and whether it holds a list of them (else
+one object). The lists come first in a file, as Consul's ``DecodeConfig`` reads them."""
 _TYPES: Final = {
     "str": str,
     "bool": bool,
@@ -283,6 +321,45 @@ def _check_value(name: str, value: Any, source: str) -> Any:
     return value
 
 
+def _definitions(key: str, value: Any, source: str) -> tuple[ConfigDefinition, ...]:
+    """The definitions under ``key`` (one of :data:`_DEFINITION_KEYS`), each an object."""
+    _, is_list = _DEFINITION_KEYS[key]
+    if not is_list:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be an object (one definition)")
+        return (ConfigDefinition(f"{source}: {key}", value),)
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{source}: {key} must be a list of objects (definitions)")
+    if len(value) > MAX_CONFIG_DEFINITIONS:
+        raise ConfigError(
+            f"{source}: {key} lists {len(value)} definitions; at most "
+            f"{MAX_CONFIG_DEFINITIONS} services and checks in all"
+        )
+    found: list[ConfigDefinition] = []
+    for position, item in enumerate(value):
+        if isinstance(item, ConfigDefinition):
+            found.append(item)
+            continue
+        if not isinstance(item, dict):
+            raise ConfigError(f"{source}: {key}[{position}] must be an object (a definition)")
+        found.append(ConfigDefinition(f"{source}: {key}[{position}]", item))
+    return tuple(found)
+
+
+def _read_settings(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Checked settings of one file (or the overrides): the definition keys gathered into
+    ``services`` and ``checks``, the lists first."""
+    settings: dict[str, Any] = {}
+    ordered = sorted(data.items(), key=lambda item: item[0] in ("service", "check"))
+    for key, value in ordered:
+        if key in _DEFINITION_KEYS:
+            target = _DEFINITION_KEYS[key][0]
+            settings[target] = settings.get(target, ()) + _definitions(key, value, source)
+        else:
+            settings[key] = _check_value(key, value, source)
+    return settings
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read one JSON or TOML file (by extension; anything else is tried as JSON).
 
@@ -309,7 +386,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not parse: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold an object of settings")
-    return {key: _check_value(key, value, str(path)) for key, value in data.items()}
+    return _read_settings(data, str(path))
 
 
 def validate(config: AgentConfig) -> AgentConfig:
@@ -347,6 +424,8 @@ def validate(config: AgentConfig) -> AgentConfig:
     for key in ("coordinate_update_period", "sync_coordinate_interval_min"):
         if not 0.001 <= getattr(config, key) <= 3600:
             raise ConfigError(f"{key} must be between 1ms and 3600 seconds")
+    if not 0 <= config.rpc_spin_us <= 100_000:
+        raise ConfigError("rpc_spin_us must be between 0 (no polling) and 100000 microseconds")
     if not 0 <= config.rpc_max_conns_per_client <= 1_000_000:
         raise ConfigError("rpc_max_conns_per_client must be between 0 (no limit) and 1000000")
     if not 0 < config.server_first_byte_timeout <= 3600:
@@ -415,6 +494,14 @@ def validate(config: AgentConfig) -> AgentConfig:
         raise ConfigError("raft_trailing_logs must be between 0 and 4294967296")
     if config.dev and config.data_dir:
         raise ConfigError("dev keeps everything in memory: it cannot have a data_dir")
+    for key in ("services", "checks"):
+        if not all(isinstance(item, ConfigDefinition) for item in getattr(config, key)):
+            raise ConfigError(f"{key} must hold definitions read from config files")
+    if len(config.services) + len(config.checks) > MAX_CONFIG_DEFINITIONS:
+        raise ConfigError(
+            f"the config files define {len(config.services)} services and "
+            f"{len(config.checks)} checks; at most {MAX_CONFIG_DEFINITIONS} in all"
+        )
     return config
 
 
@@ -473,13 +560,17 @@ def tls_config(config: AgentConfig) -> TLSConfig | None:
 def load_config(
     files: Sequence[str | Path] = (), overrides: Mapping[str, Any] | None = None
 ) -> AgentConfig:
-    """Defaults, then each file in order, then ``overrides`` (None values are ignored)."""
+    """Defaults, then each file in order, then ``overrides`` (None values are ignored); a
+    later setting replaces an earlier one, except the services and checks, which add up."""
     settings: dict[str, Any] = {}
-    for path in files:
-        settings.update(read_config_file(path))
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            settings[key] = _check_value(key, value, "command line")
+    layers = [read_config_file(path) for path in files]
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    layers.append(_read_settings(given, "command line"))
+    for layer in layers:
+        for key, value in layer.items():
+            if key in ("services", "checks"):
+                value = settings.get(key, ()) + value  # definitions add up, file after file
+            settings[key] = value
     settings["config_files"] = tuple(str(path) for path in files)
     return validate(AgentConfig(**settings))
 

@@ -44,6 +44,7 @@ from .definitions import (
     DefinitionError,
     ServiceDefinition,
 )
+from .from_config import ConfigDefinitions
 from .probes import check_timeout, http_probe, tcp_probe
 from .state import Deregister, LocalState, RemoteState, ae_scale
 
@@ -102,6 +103,10 @@ class LocalAgent:
         self._clock = clock
         self._rng = rng or random.Random()
         self.definitions: dict[str, CheckDefinition] = {}
+        self.config_services: set[str] = set()
+        """IDs of the services the config files registered (see :meth:`load_config`)."""
+        self.config_checks: set[str] = set()
+        """IDs of the checks the config files registered (a config service's own too)."""
         self._runners: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
@@ -148,13 +153,18 @@ class LocalAgent:
             raise LocalAgentError(f"agent already has {MAX_CHECKS} services and checks", 429)
 
     def add_service(self, definition: ServiceDefinition, token: str = "") -> None:
-        """``AddService``: the service and its checks (each replaces one of the same ID)."""
+        """``AddService``: the service and its checks (each replaces one of the same ID).
+
+        What is registered here is the API's, no longer the config files' (a reload does not
+        remove it; see :meth:`load_config`)."""
         for check in definition.checks:
             self._validate(check)
         self._room_for(1 + len(definition.checks))
         service = definition.service
+        self.config_services.discard(service.id)
         self.state.add_service(service, token or definition.token)
         for check in definition.checks:
+            self.config_checks.discard(check.check_id)
             self._add_check(check, token or definition.token, service.service)
 
     def remove_service(self, service_id: str) -> None:
@@ -162,8 +172,14 @@ class LocalAgent:
             raise LocalAgentError(ERR_CONSUL_SERVICE)
         if not service_id:
             raise LocalAgentError("ServiceID missing")
+        self._remove_service(service_id)
+
+    def _remove_service(self, service_id: str) -> None:
+        self.config_services.discard(service_id)
         for check_id in self.state.remove_service(service_id):
+            self.config_checks.discard(check_id)
             self._stop_runner(check_id)
+            self.definitions.pop(check_id, None)
         if service_id:
             self._log.throttled(
                 INFO, "agent:service-removed", f"agent: removed service {clip(service_id)!r}"
@@ -185,6 +201,7 @@ class LocalAgent:
             service_name = service.service
         if definition.check_id not in self.state.checks:
             self._room_for(1)
+        self.config_checks.discard(definition.check_id)
         self._add_check(definition, token, service_name)
 
     def _add_check(self, definition: CheckDefinition, token: str, service_name: str) -> None:
@@ -203,9 +220,88 @@ class LocalAgent:
     def remove_check(self, check_id: str) -> None:
         if not check_id:
             raise LocalAgentError("CheckID missing")
+        self._remove_check(check_id)
+
+    def _remove_check(self, check_id: str) -> None:
+        self.config_checks.discard(check_id)
         self._stop_runner(check_id)
         self.definitions.pop(check_id, None)
         self.state.remove_check(check_id)
+
+    def load_config(self, found: ConfigDefinitions) -> None:
+        """Make the config files' services and checks those of ``found`` (at start, and on
+        every reload): the ones the previous config registered and ``found`` lacks are
+        removed (a service with its checks), new and changed ones are registered, and one
+        whose definition, token and service are as registered is left alone (a check keeps its
+        status and output).
+
+        Services and checks registered through the HTTP API are kept (unless ``found`` has one
+        of the same ID, which replaces it): a deliberate improvement on Consul 0.8, whose
+        reload removes every service and check and registers again only the config's and the
+        persisted ones, so that an API registration not persisted is lost.
+
+        Everything is checked before anything changes: :class:`LocalAgentError` (room, a
+        ``ServiceID`` that does not exist) leaves the state as it was."""
+        state = self.state
+        services = {service.service.id: service for service in found.services}
+        checks: dict[str, tuple[CheckDefinition, str, str]] = {}
+        for service in services.values():
+            for check in service.checks:
+                checks[check.check_id] = (check, service.token, service.service.service)
+        for item in found.checks:
+            check = item.definition
+            service_name = ""
+            if check.service_id in services:
+                service_name = services[check.service_id].service.service
+            elif check.service_id in state.services and check.service_id == CONSUL_SERVICE_ID:
+                service_name = state.services[check.service_id].service
+            elif check.service_id:
+                raise LocalAgentError(f'ServiceID "{check.service_id}" does not exist', 400)
+            checks[check.check_id] = (check, item.token, service_name)
+        for check, _, _ in checks.values():
+            self._validate(check)
+        stale_services = self.config_services - services.keys()
+        stale_checks = self.config_checks - checks.keys()
+        dropped = {cid for cid, c in state.checks.items() if c.service_id in stale_services}
+        kept_services = (state.services.keys() - stale_services) | services.keys()
+        kept_checks = (state.checks.keys() - stale_checks - dropped) | checks.keys()
+        if len(kept_services) + len(kept_checks) > MAX_CHECKS:
+            raise LocalAgentError(
+                f"agent would have more than {MAX_CHECKS} services and checks", 429
+            )
+        removed = registered = 0
+        for service_id in stale_services:
+            if service_id in state.services:
+                self._remove_service(service_id)
+                removed += 1
+        for check_id in stale_checks:
+            if check_id in state.checks:
+                self._remove_check(check_id)
+                removed += 1
+        for service_id, service in services.items():
+            if (
+                state.services.get(service_id) != service.service
+                or state.service_tokens.get(service_id) != service.token
+            ):
+                state.add_service(service.service, service.token)
+                registered += 1
+        for check_id, (check, token, service_name) in checks.items():
+            current = state.checks.get(check_id)
+            if (
+                current is None
+                or self.definitions.get(check_id) != check
+                or state.check_tokens.get(check_id) != token
+                or current.service_name != service_name
+            ):
+                self._add_check(check, token, service_name)
+                registered += 1
+        self.config_services = set(services)
+        self.config_checks = set(checks)
+        if removed or registered:
+            self._log.info(
+                f"agent: config files: {registered} services and checks registered, "
+                f"{removed} removed"
+            )
 
     def update_ttl(self, check_id: str, status: str, note: str) -> None:
         """``updateTTLCheck``: pass/warn/fail a TTL check and restart its TTL."""
