@@ -25,6 +25,7 @@ from .catalog.event_endpoint import EVENT_FIRE, event_endpoint
 from .catalog.keyring_endpoint import KEYRING_OPERATION, keyring_endpoint
 from .catalog.operator import install_operator
 from .catalog.raft_consensus import ServerForwarder
+from .catalog.rules import RuleError, validate_node_meta
 from .catalog.servers import RAFT_PROTOCOL
 from .catalog.service import Catalog, install as install_catalog
 from .commands import AgentCommands, keyring_pool_operation
@@ -137,8 +138,8 @@ def limits_from(config: AgentConfig) -> EngineLimits:
 
 
 def local_tags(config: AgentConfig, node_id: str = "") -> dict[str, str]:
-    """The tags that say what this agent is (role, datacenter, build, versions, server port;
-    a server's Raft ID and protocol, and ``bootstrap`` / ``expect`` as Consul's servers)."""
+    """The tags that say what this agent is (role, datacenter, build, versions, its node ID;
+    a server's port, Raft protocol, and ``bootstrap`` / ``expect`` as Consul's servers)."""
     tags = {
         "role": SERVER_ROLE if config.server else "node",
         "dc": config.datacenter,
@@ -147,11 +148,11 @@ def local_tags(config: AgentConfig, node_id: str = "") -> dict[str, str]:
         "vsn_min": str(CONSUL_PROTOCOL_MIN),
         "vsn_max": str(CONSUL_PROTOCOL_MAX),
     }
+    if node_id:
+        tags["id"] = node_id  # Consul 0.8: every agent's node ID
     if config.server:
         tags["port"] = str(parse_address(config.server_addr).port)
         tags["raft_vsn"] = str(RAFT_PROTOCOL)
-        if node_id:
-            tags["id"] = node_id
         if config.bootstrap_expect == 1:
             tags["bootstrap"] = "1"
         elif config.bootstrap_expect > 1:
@@ -209,9 +210,17 @@ class Agent:
         (the :class:`~agentrpc.config.ConfigError` naming its file and key)."""
         self.config = config
         try:
-            self._dns_settings = parse_dns_config(config.dns_config, domain=config.domain)
+            self._dns_settings = parse_dns_config(
+                config.dns_config,
+                domain=config.domain,
+                translate_wan_addrs=config.translate_wan_addrs,
+            )
         except DNSConfigError as exc:
             raise AgentStartError(str(exc)) from exc
+        try:
+            validate_node_meta(config.node_meta)
+        except RuleError as exc:
+            raise AgentStartError(f"node_meta: {exc}") from exc
         # The config files' services and checks, registered in the local state at start.
         try:
             self._config_definitions: ConfigDefinitions = config_definitions(config)
@@ -392,6 +401,7 @@ class Agent:
         tls = tls_config(config)
         pool = ConnectionPool(tls=tls, logger=self.hub.logger("agent.pool"), network=self._network)
         self.rpc_pool = await nursery.start(pool.run)
+        self.node_id = await self._load_node_id()
         if config.server:
             await self._start_server(nursery, pool, tls)
         if self._gossip_pools:
@@ -444,18 +454,25 @@ class Agent:
             logger=self.hub.logger("agent"),
         )
 
+    async def _load_node_id(self) -> str:
+        """Consul 0.8's node ID: ``node_id`` from the config, else the one kept in
+        ``data_dir/node-id`` (created on first start), else a fresh one (no data directory).
+        A server's Raft ID is the same."""
+        config = self.config
+        if config.node_id:
+            return config.node_id  # a UUID: validate() checked it
+        try:
+            if config.data_dir:
+                return await trio.to_thread.run_sync(load_node_id, config.data_dir)
+            return load_node_id("")  # a fresh UUID: nothing to read
+        except (RaftStartError, OSError) as exc:
+            raise AgentStartError(f"node ID: {exc}") from exc
+
     async def _start_server(
         self, nursery: trio.Nursery, pool: ConnectionPool, tls: TLSConfig | None
     ) -> None:
         """The server port, the catalog behind it and the Raft that replicates it."""
         config = self.config
-        try:
-            if config.data_dir:
-                self.node_id = await trio.to_thread.run_sync(load_node_id, config.data_dir)
-            else:
-                self.node_id = load_node_id("")  # a fresh UUID: nothing to read
-        except (RaftStartError, OSError) as exc:
-            raise AgentStartError(f"node ID: {exc}") from exc
         raft = ServerRaft(
             config,
             node_id=self.node_id,
@@ -647,6 +664,8 @@ class Agent:
         except LocalAgentError as exc:
             raise AgentStartError(f"config files' services and checks: {exc}") from exc
         await nursery.start(self._run_http_side, bridge)
+        if self.server_manager is not None:
+            self.server_manager.on_server_added = bridge.local.server_up
         self.http_agent = bridge
         return bridge
 

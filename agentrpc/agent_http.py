@@ -72,6 +72,9 @@ class HTTPHost(Protocol):
     def rpc_pool(self) -> ConnectionPool | None: ...
 
     @property
+    def node_id(self) -> str: ...
+
+    @property
     def server_manager(self) -> ServerManager | None: ...
 
     @property
@@ -144,7 +147,17 @@ class AgentHTTP:
         self.events = UserEventLog()
         own = host.own_member(False)
         server_port = host.server_address.port if host.server_address is not None else None
-        state = LocalState(config.node_name, datacenter=config.datacenter, address=str(own.addr))
+        # Consul's TaggedAddresses: the LAN and the WAN advertise address (a client agent,
+        # which has no WAN pool, advertises its LAN address for both).
+        wan = host.own_member(True) if host.wan is not None else own
+        state = LocalState(
+            config.node_name,
+            datacenter=config.datacenter,
+            address=str(own.addr),
+            tagged_addresses={"lan": str(own.addr), "wan": str(wan.addr)},
+            node_id=host.node_id,
+            node_meta={str(k): str(v) for k, v in config.node_meta.items()},
+        )
         self.local = LocalAgent(
             state,
             self.call,
@@ -162,6 +175,7 @@ class AgentHTTP:
         tcp = [a for a in host.rpc_addresses if a.port]
         return AgentInfo(
             node_name=config.node_name,
+            node_id=host.node_id,
             datacenter=config.datacenter,
             server=config.server,
             version=build_info.VERSION,

@@ -12,6 +12,7 @@ import json
 import re
 import socket
 import tomllib
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,16 @@ class AgentConfig:
     ``service_ttl`` (service name or ``"*"`` to a duration), ``allow_stale``, ``max_stale``,
     ``only_passing``, ``enable_truncate``, ``udp_answer_limit`` (and ``recursor_timeout``,
     ``disable_compression``, accepted with no effect); empty for the reference's defaults."""
+    node_id: str = ""
+    """This agent's node ID, a UUID (Consul 0.8's ``node_id``); "" to use the one kept in
+    ``data_dir/node-id``, created on first start (a fresh one each start without a data
+    directory)."""
+    node_meta: dict[str, Any] = field(default_factory=dict)
+    """Metadata of this agent's node in the catalog (Consul 0.8's ``node_meta``: at most 64
+    pairs of text, keys of ``[a-zA-Z0-9_-]``, none under ``consul-``)."""
+    translate_wan_addrs: bool = False
+    """DNS answers for a node of another datacenter give its ``wan`` tagged address when it
+    has one (Consul's ``translate_wan_addrs``; ``dns_config.translate_wan_addrs`` too)."""
     http_addr: str = defaults.DEFAULT_HTTP_ADDR
     """Where the agent serves Consul's HTTP API (kv, catalog, agent, session, event, ...):
     ``127.0.0.1:8500`` by default, as Consul's (``defaults.DEFAULT_HTTP_ADDR``); "" for none
@@ -492,6 +503,13 @@ def validate(config: AgentConfig) -> AgentConfig:
         raise ConfigError("raft_snapshot_interval must be between 5ms and 86400 seconds")
     if not 0 <= config.raft_trailing_logs <= 1 << 32:
         raise ConfigError("raft_trailing_logs must be between 0 and 4294967296")
+    if config.node_id:
+        try:
+            uuid.UUID(config.node_id)
+        except ValueError:
+            raise ConfigError(f"node_id: {config.node_id!r} is not a UUID") from None
+    if any(not isinstance(value, str) for value in config.node_meta.values()):
+        raise ConfigError("node_meta: every value must be a string")
     if config.dev and config.data_dir:
         raise ConfigError("dev keeps everything in memory: it cannot have a data_dir")
     for key in ("services", "checks"):

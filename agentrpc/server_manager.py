@@ -61,6 +61,9 @@ class ServerManager:
         self._log: LogLike = logger or NullLog()
         self._rng = rng or random.Random()
         self.servers = ServerList()
+        self.on_server_added: Callable[[], None] | None = None
+        """Called when :meth:`refresh` finds a server it did not have (Consul's
+        ``ServerUp``: the agent's anti-entropy retries at once instead of at its next try)."""
         self.rebalances = 0
         """Rebalances run so far (for tests and stats)."""
 
@@ -83,6 +86,8 @@ class ServerManager:
             self._log.info(f"consul: adding server {server.name} ({server.address})")
         for server in change.removed:
             self._log.info(f"consul: removing server {server.name} ({server.address})")
+        if change.added and self.on_server_added is not None:
+            self.on_server_added()
 
     # ------------------------------------------------------------------ calls
 

@@ -31,13 +31,39 @@ def _table(rows: list[list[str]]) -> None:
 
 
 def node_json(node: dict[str, Any], datacenter: str) -> dict[str, Any]:
-    """One node of ``catalog nodes --json``."""
+    """One node of ``catalog nodes --json`` (``api.Node``'s fields; ``Meta`` ``{}`` when the
+    node has none)."""
     return {
+        "ID": str(node.get("ID") or ""),
         "Node": str(node.get("Node", "")),
         "Address": str(node.get("Address", "")),
         "Datacenter": datacenter,
         "TaggedAddresses": dict(node.get("TaggedAddresses") or {}),
+        "Meta": dict(node.get("Meta") or {}),
     }
+
+
+def short_id(node_id: str) -> str:
+    """The ID as ``consul catalog nodes`` shows it without ``-detailed``: up to its first
+    ``-`` (a UUID's first group), whole when it has none."""
+    cut = node_id.find("-")
+    return node_id[:cut] if cut > 0 else node_id
+
+
+def _pairs(values: dict[str, str] | None) -> str:
+    """``mapToKV``: ``k=v`` pairs sorted by key, joined by ``, ``."""
+    return ", ".join(f"{k}={v}" for k, v in sorted((values or {}).items()))
+
+
+def _meta_params(pairs: list[str]) -> list[tuple[str, str]]:
+    """``-node-meta key=value`` (repeatable) as the API's ``node-meta=key:value``."""
+    params = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            fail(f"Invalid value for '--node-meta': {pair!r} is not key=value")
+        params.append(("node-meta", f"{key}:{value}"))
+    return params
 
 
 @app.command("datacenters")
@@ -63,7 +89,17 @@ def datacenters(
 @app.command("nodes")
 def nodes(
     service: Annotated[str, typer.Option("--service", help="Only nodes with this service.")] = "",
-    detailed: Annotated[bool, typer.Option("--detailed", help="More fields.")] = False,
+    detailed: Annotated[
+        bool, typer.Option("--detailed", help="Full IDs, tagged addresses and metadata.")
+    ] = False,
+    node_meta: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--node-meta",
+            metavar="KEY=VALUE",
+            help="Only nodes with this metadata pair (repeatable; all must match).",
+        ),
+    ] = None,
     http_addr: HTTPAddr = None,
     token: Token = None,
     datacenter: Datacenter = "",
@@ -71,18 +107,23 @@ def nodes(
     timeout: HTTPTimeout = DEFAULT_TIMEOUT,
     as_json: AsJson = False,
 ) -> None:
-    """The nodes of the catalog (``Node  Address  DC``; ``--json``: a list of objects with
-    ``Node``, ``Address``, ``Datacenter`` and ``TaggedAddresses``, ``[]`` for none)."""
+    """The nodes of the catalog (``Node  ID  Address  DC``, the ID cut to its first group as
+    Consul 0.9's ``consul catalog nodes``; ``--detailed`` adds the full ID, ``TaggedAddresses``
+    and ``Meta``; ``--json``: a list of objects with ``ID``, ``Node``, ``Address``,
+    ``Datacenter``, ``TaggedAddresses`` and ``Meta``, ``[]`` for none)."""
     params = [("stale", "")] if stale else []
+    params += _meta_params(node_meta or [])
     with client(http_addr, token, datacenter, timeout) as http:
         try:
             if service:
                 found = http.request("GET", f"/v1/catalog/service/{service}", params).json()
                 listed = [
                     {
+                        "ID": n.get("ID"),
                         "Node": n["Node"],
                         "Address": n["Address"],
                         "TaggedAddresses": n.get("TaggedAddresses"),
+                        "Meta": n.get("NodeMeta"),
                     }
                     for n in found
                 ]
@@ -96,19 +137,23 @@ def nodes(
         return
     if not listed:
         fail("No nodes match the given query - try expanding your search.")
-    header = ["Node", "Address", "DC"]
-    rows = [header] + [[n["Node"], n["Address"], dc] for n in listed]
     if detailed:
-        rows = [[*header, "TaggedAddresses"]] + [
+        header = ["Node", "ID", "Address", "DC", "TaggedAddresses", "Meta"]
+        rows = [
             [
                 n["Node"],
+                str(n.get("ID") or ""),
                 n["Address"],
                 dc,
-                ", ".join(f"{k}={v}" for k, v in sorted((n.get("TaggedAddresses") or {}).items())),
+                _pairs(n.get("TaggedAddresses")),
+                _pairs(n.get("Meta")),
             ]
             for n in listed
         ]
-    _table(rows)
+    else:
+        header = ["Node", "ID", "Address", "DC"]
+        rows = [[n["Node"], short_id(str(n.get("ID") or "")), n["Address"], dc] for n in listed]
+    _table([header, *rows])
 
 
 @app.command("services")
@@ -153,4 +198,4 @@ def services(
         echo(name)
 
 
-__all__ = ["app", "node_json"]
+__all__ = ["app", "node_json", "short_id"]

@@ -11,7 +11,10 @@ Errors reach the caller as the RPC's Error text (the reference's, byte for byte 
 one). ACL tokens are accepted and not enforced (ACLs are not implemented).
 
 Replies are msgpack maps with keys sorted as go-msgpack writes them; an empty result list is
-nil, as Go's nil slices.
+nil, as Go's nil slices. Nodes carry 0.7.3+'s ``ID`` and ``Meta``; ``NodeMetaFilters`` (0.7.3+)
+narrows ``Catalog.ListNodes``, ``Catalog.ListServices``, ``Catalog.ServiceNodes``,
+``Health.ServiceNodes``, ``Health.ServiceChecks`` and ``Health.ChecksInState`` to nodes whose
+Meta has every pair, as 0.8's endpoints.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from .structs import (
     SessionSpecificRequest,
     Wire,
     indexed_reply,
+    satisfies_meta_filters,
 )
 from .watch import WatchSet
 
@@ -98,17 +102,21 @@ def _checks_wire(checks: Iterable[HealthCheck]) -> list[Wire] | None:
     return _nil([c.to_wire() for c in checks])
 
 
+def _sorted_map(value: dict[str, str] | None) -> dict[str, str] | None:
+    return None if value is None else dict(sorted(value.items()))
+
+
 def _dump_wire(dump: list[NodeInfo]) -> list[Wire] | None:
     return _nil(
         [
             {
                 "Address": info.node.address,
                 "Checks": _checks_wire(info.checks),
+                "ID": info.node.id,
+                "Meta": _sorted_map(info.node.meta),
                 "Node": info.node.node,
                 "Services": _nil([s.to_wire() for s in info.services]),
-                "TaggedAddresses": None
-                if info.node.tagged_addresses is None
-                else dict(sorted(info.node.tagged_addresses.items())),
+                "TaggedAddresses": _sorted_map(info.node.tagged_addresses),
             }
             for info in dump
         ]
@@ -273,15 +281,15 @@ class CatalogEndpoints(ForwardingEndpoints):
         return list(self.forwarder.datacenters())
 
     async def catalog_list_nodes(self, body: Any) -> Any:
-        def run(_request: DCSpecificRequest, ws: WatchSet) -> tuple[int, Wire]:
-            index, nodes = self.hub.store.nodes(ws)
+        def run(request: DCSpecificRequest, ws: WatchSet) -> tuple[int, Wire]:
+            index, nodes = self.hub.store.nodes(ws, request.node_meta_filters)
             return index, {"Nodes": _nil([n.to_wire() for n in nodes])}
 
         return await self._read("Catalog.ListNodes", body, DCSpecificRequest.from_wire, run)
 
     async def catalog_list_services(self, body: Any) -> Any:
-        def run(_request: DCSpecificRequest, ws: WatchSet) -> tuple[int, Wire]:
-            index, services = self.hub.store.services(ws)
+        def run(request: DCSpecificRequest, ws: WatchSet) -> tuple[int, Wire]:
+            index, services = self.hub.store.services(ws, request.node_meta_filters)
             return index, {"Services": services}
 
         return await self._read("Catalog.ListServices", body, DCSpecificRequest.from_wire, run)
@@ -289,7 +297,12 @@ class CatalogEndpoints(ForwardingEndpoints):
     async def catalog_service_nodes(self, body: Any) -> Any:
         def run(request: ServiceSpecificRequest, ws: WatchSet) -> tuple[int, Wire]:
             index, found = self.hub.store.service_nodes(request.service_name, request.tag, ws)
-            nodes = [service.to_service_node_wire(node) for node, service in found]
+            filters = request.node_meta_filters
+            nodes = [
+                service.to_service_node_wire(node)
+                for node, service in found
+                if not filters or satisfies_meta_filters(node.meta, filters)
+            ]
             return index, {"ServiceNodes": _nil(nodes)}
 
         return await self._read(
@@ -325,7 +338,9 @@ class CatalogEndpoints(ForwardingEndpoints):
 
     async def health_checks_in_state(self, body: Any) -> Any:
         def run(request: ChecksInStateRequest, ws: WatchSet) -> tuple[int, Wire]:
-            index, checks = self.hub.store.checks_in_state(request.state, ws)
+            index, checks = self.hub.store.checks_in_state(
+                request.state, ws, request.node_meta_filters
+            )
             return index, {"HealthChecks": _checks_wire(checks)}
 
         return await self._read("Health.ChecksInState", body, ChecksInStateRequest.from_wire, run)
@@ -342,7 +357,9 @@ class CatalogEndpoints(ForwardingEndpoints):
             raise EndpointError(ERR_TAG_FILTERING)
 
         def run(request: ServiceSpecificRequest, ws: WatchSet) -> tuple[int, Wire]:
-            index, checks = self.hub.store.service_checks(request.service_name, ws)
+            index, checks = self.hub.store.service_checks(
+                request.service_name, ws, request.node_meta_filters
+            )
             return index, {"HealthChecks": _checks_wire(checks)}
 
         return await self._read("Health.ServiceChecks", body, ServiceSpecificRequest.from_wire, run)
@@ -350,6 +367,9 @@ class CatalogEndpoints(ForwardingEndpoints):
     async def health_service_nodes(self, body: Any) -> Any:
         def run(request: ServiceSpecificRequest, ws: WatchSet) -> tuple[int, Wire]:
             index, found = self.hub.store.check_service_nodes(request.service_name, request.tag, ws)
+            filters = request.node_meta_filters
+            if filters:
+                found = [c for c in found if satisfies_meta_filters(c.node.meta, filters)]
             return index, {"Nodes": _csn_wire(found)}
 
         return await self._read(

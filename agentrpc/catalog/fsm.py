@@ -15,9 +15,10 @@ The FSM has the shape of :class:`agentrpc.raft.fsm.FSM`: ``apply(entry)``, ``sna
 ``release()``), ``restore(source)`` (read as a stream).
 
 **Snapshots** (``consulSnapshot.Persist``): a msgpack header ``{LastIndex}`` then records, each
-a type byte and a msgpack struct: per node a ``RegisterRequest`` for the node, one per service
-and one per check; then sessions, KV entries, and tombstones (as DirEntries with Key and
-ModifyIndex, "for historical reasons"). Coordinates follow the nodes, one
+a type byte and a msgpack struct: per node a ``RegisterRequest`` for the node (its ID and Meta
+as ``ID`` and ``NodeMeta``, as 0.7.3+ writes them), one per service and one per check; then
+sessions, KV entries, and tombstones (as DirEntries with Key and ModifyIndex, "for historical
+reasons"). Coordinates follow the nodes, one
 ``CoordinateBatchUpdate`` record per node holding a one-element ``structs.Coordinates`` list, as
 the reference writes them; a restore inserts them as they come and raises the coordinates
 index to the header's LastIndex. Records of tables we do not keep (ACLs, prepared queries)
@@ -327,6 +328,8 @@ class ConsulSnapshot:
                 node=node.node,
                 address=node.address,
                 tagged_addresses=node.tagged_addresses,
+                id=node.id,
+                node_meta=node.meta,
                 create_index=node.create_index,
                 modify_index=node.modify_index,
             )
@@ -407,15 +410,18 @@ def _restore_registration(
     """``StateRestore.Registration``: a reference snapshot gives every catalog record the
     header's LastIndex; ours carries each record's own indexes."""
     if preserve and request.create_index is not None and request.modify_index is not None:
-        node = Node(
-            request.node,
-            request.address,
-            request.tagged_addresses,
-            request.create_index,
-            request.modify_index,
-        )
+        create, modify = request.create_index, request.modify_index
     else:
-        node = Node(request.node, request.address, request.tagged_addresses, last_index, last_index)
+        create = modify = last_index
+    node = Node(
+        request.node,
+        request.address,
+        request.tagged_addresses,
+        create,
+        modify,
+        id=request.id,
+        meta=request.node_meta,
+    )
     store.restore_node(node)
     if request.service is not None:
         service = request.service

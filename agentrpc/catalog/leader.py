@@ -19,9 +19,10 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import math
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from ..hostport import join_host_port
 from ..member_status import STATUS_ALIVE, STATUS_FAILED, STATUS_LEFT
@@ -41,7 +42,7 @@ from .constants import (
     TOMBSTONE_TTL_S,
 )
 from .state_store import StateStore
-from .structs import DeregisterRequest, HealthCheck, NodeService, RegisterRequest
+from .structs import DeregisterRequest, HealthCheck, Node, NodeService, RegisterRequest
 
 __all__ = [
     "STATUS_REAP",
@@ -324,9 +325,34 @@ def _alive(
         service=service,
         checks=[_serf_check(member.name, HEALTH_PASSING, SERF_CHECK_ALIVE_OUTPUT)],
         token=token,
+        **_kept_node_fields(member, node),
     )
     decisions.append(CatalogWrite(request, f"member '{member.name}' joined, marking health alive"))
     return decisions
+
+
+def _kept_node_fields(member: Member, node: Node | None) -> dict[str, Any]:
+    """What a reconcile's register carries besides the member's address: the node ID from the
+    member's ``id`` tag (Consul 0.8), and the node's tagged addresses and metadata as the
+    catalog has them (0.8 copies them on an alive member; ours on a failed one too), so that
+    the register, which rebuilds the node, does not wipe what the agent synced."""
+    tag = member.tags.get("id", "")
+    fields: dict[str, Any] = {"id": tag if _is_uuid(tag) else ""}
+    if node is not None:
+        fields["tagged_addresses"] = node.tagged_addresses
+        fields["node_meta"] = node.meta
+        if not fields["id"]:
+            fields["id"] = node.id
+    return fields
+
+
+def _is_uuid(text: str) -> bool:
+    """A node ID the catalog takes (a plain serf peer's ``id`` tag may be anything)."""
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return len(text) == 36
 
 
 def _failed(store: StateStore, member: Member, datacenter: str, token: str) -> list[Decision]:
@@ -342,6 +368,7 @@ def _failed(store: StateStore, member: Member, datacenter: str, token: str) -> l
         datacenter=datacenter,
         node=member.name,
         address=address,
+        **_kept_node_fields(member, node),
         checks=[_serf_check(member.name, HEALTH_CRITICAL, SERF_CHECK_FAILED_OUTPUT)],
         token=token,
     )

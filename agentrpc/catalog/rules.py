@@ -10,8 +10,10 @@ arguments.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from typing import Final
 
 from .constants import (
     DEFAULT_QUERY_TIME_NS,
@@ -46,11 +48,22 @@ __all__ = [
     "blocking_wait_ns",
     "check_kvs_apply",
     "format_session_id",
+    "node_id_error",
     "prepare_register",
     "prepare_session",
     "route",
     "session_ttl_ns",
+    "validate_node_meta",
 ]
+
+META_KEY_RESERVED_PREFIX: Final = "consul-"
+"""``metaKeyReservedPrefix``: node-meta keys the user may not set."""
+META_MAX_KEY_PAIRS: Final = 64
+META_KEY_MAX_LENGTH: Final = 128
+META_VALUE_MAX_LENGTH: Final = 512
+_META_KEY: Final = re.compile(r"[a-zA-Z0-9_-]+")
+"""``metaKeyFormat`` (``^[a-zA-Z0-9_-]+$``, whole string)."""
+ERR_BAD_NODE_ID: Final = "Bad node ID: "
 
 
 class RuleError(ValueError):
@@ -78,11 +91,16 @@ def route(
 
 
 def prepare_register(request: RegisterRequest) -> RegisterRequest:
-    """``Catalog.Register``'s checks and defaults: node and address required, the service ID
+    """``Catalog.Register``'s checks and defaults: node and address required, a node ID (when
+    given) a UUID (``Bad node ID: ...``, as 0.8), the service ID
     defaults to its name, ``Check`` joins ``Checks``, a check's ID defaults to its name and its
     node to the request's."""
     if not request.node or not request.address:
         raise RuleError(ERR_MUST_PROVIDE_NODE_AND_ADDRESS)
+    if request.id:
+        problem = node_id_error(request.id)
+        if problem is not None:
+            raise RuleError(ERR_BAD_NODE_ID + problem)
     service = request.service
     if service is not None:
         if not service.id and service.service:
@@ -102,6 +120,55 @@ def prepare_register(request: RegisterRequest) -> RegisterRequest:
             for check in checks
         ]
     return replace(request, service=service, check=None, checks=checks)
+
+
+def node_id_error(node_id: str) -> str | None:
+    """Why ``node_id`` is not a UUID, in hashicorp/go-uuid's ``ParseUUID`` words (lengths in
+    UTF-8 bytes, as Go's); None when it is one (either case of hex)."""
+    raw = node_id.encode("utf-8", "surrogateescape")
+    if len(raw) != 36:
+        return "uuid string is wrong length"
+    if raw[8:9] != b"-" or raw[13:14] != b"-" or raw[18:19] != b"-" or raw[23:24] != b"-":
+        return "uuid is improperly formatted"
+    digits = raw[0:8] + raw[9:13] + raw[14:18] + raw[19:23] + raw[24:36]
+    for byte in digits:
+        if not (48 <= byte <= 57 or 65 <= byte <= 70 or 97 <= byte <= 102):
+            char = chr(byte)
+            shown = f" '{char}'" if char.isprintable() else ""
+            return f"encoding/hex: invalid byte: U+{byte:04X}{shown}"
+    return None
+
+
+def _meta_pair_error(key: str, value: str) -> str | None:
+    if not key:
+        return "Key cannot be blank"
+    if _META_KEY.fullmatch(key) is None:
+        return "Key contains invalid characters"
+    if len(key) > META_KEY_MAX_LENGTH:
+        return f"Key is too long (limit: {META_KEY_MAX_LENGTH} characters)"
+    if key.startswith(META_KEY_RESERVED_PREFIX):
+        return f"Key prefix '{META_KEY_RESERVED_PREFIX}' is reserved for internal use"
+    if len(value.encode("utf-8", "surrogateescape")) > META_VALUE_MAX_LENGTH:
+        return f"Value is too long (limit: {META_VALUE_MAX_LENGTH} characters)"
+    return None
+
+
+def validate_node_meta(meta: Mapping[str, str] | None) -> None:
+    """``structs.ValidateMetadata`` (0.7.3+/0.8, for the agent's ``node_meta``): at most 64
+    pairs; each key non-blank, of ``[a-zA-Z0-9_-]``, at most 128 characters, not under
+    ``consul-``; each value at most 512 bytes. The first bad pair (in key order: Go's map
+    order is random) is named in the reference's text."""
+    if not meta:
+        return
+    if len(meta) > META_MAX_KEY_PAIRS:
+        raise RuleError(
+            f"Node metadata cannot contain more than {META_MAX_KEY_PAIRS} key/value pairs"
+        )
+    for key in sorted(meta):
+        value = meta[key]
+        problem = _meta_pair_error(key, value)
+        if problem is not None:
+            raise RuleError(f"Couldn't load metadata pair ('{key}', '{value}'): {problem}")
 
 
 def check_kvs_apply(op: str, entry: DirEntry, *, lock_delay_until: float, now: float) -> bool:

@@ -10,7 +10,9 @@ may invalidate a session take ``now`` (seconds on the caller's clock) for the lo
 The semantics, as ``consul/state`` has them:
 
 - **Registration** (``EnsureRegistration``): the node is upserted unless nothing changed
-  (Node as spelled, Address, TaggedAddresses), the service likewise (``IsSame``), every check
+  (Node as spelled, Address, TaggedAddresses, and 0.7.3+'s ID and Meta: the record is
+  rebuilt from the request, so one without them clears them); a node ID another node
+  holds is refused (``aliases existing node``); the service likewise (``IsSame``), every check
   always (a missing Status becomes ``critical``; a check of a service copies its ServiceName;
   a critical check destroys the sessions that name it). A check whose node or service is
   missing fails the whole registration (``Missing node registration`` / ``Missing service
@@ -82,10 +84,12 @@ from .structs import (
     NodeService,
     RegisterRequest,
     Session,
+    StrMap,
     Wire,
     WireDecodeError,
     as_map,
     get_str,
+    satisfies_meta_filters,
 )
 from .watch import Changes, WatchSet, key_item, prefix_item, table_item
 
@@ -320,6 +324,8 @@ class StateStore:
 
     def __init__(self) -> None:
         self._nodes: dict[str, Node] = {}
+        self._node_ids: dict[str, str] = {}
+        """node ID (lower-cased, as the reference's UUID index compares them) -> node."""
         self._services: dict[str, dict[str, NodeService]] = {}
         """node -> service ID -> service."""
         self._service_names: dict[str, set[tuple[str, str]]] = {}
@@ -377,6 +383,23 @@ class StateStore:
         checks = ([req.check] if req.check is not None else []) + list(req.checks or ())
         node_key = fold_name(req.node)
         existing_node = self._nodes.get(node_key)
+        # ``ChangesNode``: the node record is rebuilt from the request (a request without ID
+        # or NodeMeta clears them) whenever one of its fields differs.
+        node_changes = existing_node is None or (
+            existing_node.node != req.node
+            or existing_node.address != req.address
+            or existing_node.tagged_addresses != req.tagged_addresses
+            or existing_node.id != req.id
+            or existing_node.meta != req.node_meta
+        )
+        if node_changes and req.id:
+            owner = self._node_ids.get(req.id.lower())
+            if owner is not None and self._nodes[owner].node != req.node:
+                raise StateError(
+                    f"failed inserting node: node ID {go_quote(req.id)} for node "
+                    f"{go_quote(req.node)} aliases existing node "
+                    f"{go_quote(self._nodes[owner].node)}"
+                )
         service = req.service
         service_key = fold_name(service.id) if service is not None else None
         for check in checks:
@@ -390,12 +413,15 @@ class StateStore:
                     or wanted in self._services.get(check_node, {})
                 ):
                     raise StateError(f"failed inserting check: {ERR_MISSING_SERVICE}")
-        if existing_node is None or (
-            existing_node.node != req.node
-            or existing_node.address != req.address
-            or existing_node.tagged_addresses != req.tagged_addresses
-        ):
-            self._ensure_node(idx, Node(req.node, req.address, req.tagged_addresses), existing_node)
+        if node_changes:
+            node = Node(
+                req.node,
+                req.address,
+                req.tagged_addresses,
+                id=req.id,
+                meta=None if req.node_meta is None else dict(req.node_meta),
+            )
+            self._ensure_node(idx, node, existing_node)
         if service is not None:
             current = self._services.get(node_key, {}).get(fold_name(service.id))
             if current is None or not current.same_as(service):
@@ -405,8 +431,18 @@ class StateStore:
 
     def _ensure_node(self, idx: int, node: Node, existing: Node | None) -> None:
         create = existing.create_index if existing is not None else idx
-        self._nodes[fold_name(node.node)] = replace(node, create_index=create, modify_index=idx)
+        self._put_node(replace(node, create_index=create, modify_index=idx))
         self._touch(TABLE_NODES, idx)
+
+    def _put_node(self, node: Node) -> None:
+        """Store ``node`` (replacing the record of its folded name) and index its ID."""
+        key = fold_name(node.node)
+        previous = self._nodes.get(key)
+        if previous is not None and previous.id:
+            self._node_ids.pop(previous.id.lower(), None)
+        self._nodes[key] = node
+        if node.id:
+            self._node_ids[node.id.lower()] = key
 
     def _ensure_service(self, idx: int, node_key: str, service: NodeService) -> None:
         """Upsert ``service`` on the node whose folded name is ``node_key``."""
@@ -464,7 +500,9 @@ class StateStore:
             self._delete_check(idx, node, check_id, now)
         if self._coordinates.pop(node, None) is not None:
             self._touch(TABLE_COORDINATES, idx)
-        del self._nodes[node]
+        removed = self._nodes.pop(node)
+        if removed.id:
+            self._node_ids.pop(removed.id.lower(), None)
         self._services.pop(node, None)
         self._checks.pop(node, None)
         self._touch(TABLE_NODES, idx)
@@ -508,22 +546,37 @@ class StateStore:
         _add(ws, TABLE_NODES)
         return self.table_index(TABLE_NODES), self._nodes.get(fold_name(node))
 
-    def nodes(self, ws: WatchSet | None = None) -> tuple[int, list[Node]]:
+    def nodes(
+        self, ws: WatchSet | None = None, meta_filters: StrMap | None = None
+    ) -> tuple[int, list[Node]]:
+        """``Nodes``, or ``NodesByMeta`` when ``meta_filters`` is not empty (only the nodes
+        whose Meta has every pair; the index is the nodes table's either way)."""
         _add(ws, TABLE_NODES)
-        return self.table_index(TABLE_NODES), [self._nodes[n] for n in sorted(self._nodes)]
+        found = [self._nodes[n] for n in sorted(self._nodes)]
+        if meta_filters:
+            found = [n for n in found if satisfies_meta_filters(n.meta, meta_filters)]
+        return self.table_index(TABLE_NODES), found
 
-    def services(self, ws: WatchSet | None = None) -> tuple[int, dict[str, list[str]]]:
+    def services(
+        self, ws: WatchSet | None = None, meta_filters: StrMap | None = None
+    ) -> tuple[int, dict[str, list[str]]]:
         """Every service name with the union of its tags (sorted). Names are grouped as
         written (the reference's map is keyed by ServiceName), so ``Web`` and ``web`` are two
-        entries."""
-        _add(ws, TABLE_SERVICES)
+        entries. With ``meta_filters`` (``ServicesByNodeMeta``), only the services of nodes
+        whose Meta has every pair, at the index of the services and nodes tables."""
+        tables = (TABLE_SERVICES, TABLE_NODES) if meta_filters else (TABLE_SERVICES,)
+        _add(ws, *tables)
         grouped: dict[str, set[str]] = {}
         for members in self._service_names.values():
             for node, service_id in members:
+                if meta_filters and not satisfies_meta_filters(
+                    self._nodes[node].meta, meta_filters
+                ):
+                    continue
                 service = self._services[node][service_id]
                 grouped.setdefault(service.service, set()).update(service.tags or ())
         result = {name: sorted(grouped[name]) for name in sorted(grouped)}
-        return self.table_index(TABLE_SERVICES), result
+        return self.table_index(*tables), result
 
     def _instances(self, name: str, tag: str | None) -> list[tuple[Node, NodeService]]:
         found = []
@@ -568,25 +621,45 @@ class StateStore:
             for check_id in sorted(checks):
                 yield checks[check_id]
 
-    def service_checks(
-        self, name: str, ws: WatchSet | None = None
+    def _by_node_meta(
+        self, checks: list[HealthCheck], meta_filters: StrMap | None, ws: WatchSet | None
     ) -> tuple[int, list[HealthCheck]]:
-        """The checks of every instance of service ``name`` (by ServiceName)."""
+        """``parseChecksByNodeMeta``: without filters the checks at the checks index; with
+        them only the checks of nodes whose Meta has every pair, at the index of the nodes and
+        checks tables."""
+        if not meta_filters:
+            return self.table_index(TABLE_CHECKS), checks
+        _add(ws, TABLE_NODES)
+        nodes = self._nodes
+        kept = [
+            c
+            for c in checks
+            if (node := nodes.get(fold_name(c.node))) is not None
+            and satisfies_meta_filters(node.meta, meta_filters)
+        ]
+        return self.table_index(TABLE_NODES, TABLE_CHECKS), kept
+
+    def service_checks(
+        self, name: str, ws: WatchSet | None = None, meta_filters: StrMap | None = None
+    ) -> tuple[int, list[HealthCheck]]:
+        """The checks of every instance of service ``name`` (by ServiceName); with
+        ``meta_filters``, ``ServiceChecksByNodeMeta``."""
         _add(ws, TABLE_CHECKS)
         wanted = fold_name(name)
         found = [c for c in self._all_checks() if fold_name(c.service_name) == wanted]
-        return self.table_index(TABLE_CHECKS), found
+        return self._by_node_meta(found, meta_filters, ws)
 
     def checks_in_state(
-        self, state: str, ws: WatchSet | None = None
+        self, state: str, ws: WatchSet | None = None, meta_filters: StrMap | None = None
     ) -> tuple[int, list[HealthCheck]]:
-        """``ChecksInState``; ``any`` lists every check, ordered by status as memdb's index."""
+        """``ChecksInState``; ``any`` lists every check, ordered by status as memdb's index;
+        with ``meta_filters``, ``ChecksInStateByNodeMeta``."""
         _add(ws, TABLE_CHECKS)
         if state == HEALTH_ANY:
             found = sorted(self._all_checks(), key=lambda c: c.status)
         else:
             found = [c for c in self._all_checks() if c.status == state]
-        return self.table_index(TABLE_CHECKS), found
+        return self._by_node_meta(found, meta_filters, ws)
 
     def check_service_nodes(
         self, name: str, tag: str | None = None, ws: WatchSet | None = None
@@ -963,7 +1036,7 @@ class StateStore:
         return [checks[c] for c in sorted(checks)]
 
     def restore_node(self, node: Node) -> None:
-        self._nodes[fold_name(node.node)] = node
+        self._put_node(node)
         self._bump(TABLE_NODES, node.modify_index)
 
     def restore_service(self, node: str, service: NodeService) -> None:
@@ -1031,6 +1104,8 @@ class StateStore:
         """Assert the secondary indexes agree with the tables (for tests)."""
         for key, node_record in self._nodes.items():
             assert key == fold_name(node_record.node), key
+        ids = {n.id.lower(): key for key, n in self._nodes.items() if n.id}
+        assert ids == self._node_ids, (ids, self._node_ids)
         names: dict[str, set[tuple[str, str]]] = {}
         for node, services in self._services.items():
             assert node in self._nodes, node

@@ -143,18 +143,25 @@ def _copy_map(value: StrMap | None) -> StrMap | None:
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """``structs.Node``: Node, Address, TaggedAddresses + RaftIndex."""
+    """``structs.Node``: Node, Address, TaggedAddresses + RaftIndex, and Consul 0.7.3+'s
+    ``ID`` (the node's UUID, "" when unset) and ``Meta`` (nil when unset). The two come last
+    here so positional construction keeps its 0.7 order; a 0.7.0 body without them decodes
+    to "" and None."""
 
     node: str
     address: str = ""
     tagged_addresses: StrMap | None = None
     create_index: int = 0
     modify_index: int = 0
+    id: str = ""
+    meta: StrMap | None = None
 
     def to_wire(self) -> Wire:
         return {
             "Address": self.address,
             "CreateIndex": self.create_index,
+            "ID": self.id,
+            "Meta": _copy_map(self.meta),
             "ModifyIndex": self.modify_index,
             "Node": self.node,
             "TaggedAddresses": _copy_map(self.tagged_addresses),
@@ -169,7 +176,19 @@ class Node:
             tagged_addresses=get_str_map(m, "TaggedAddresses", "Node"),
             create_index=get_uint(m, "CreateIndex", "Node"),
             modify_index=get_uint(m, "ModifyIndex", "Node"),
+            id=get_str(m, "ID", "Node"),
+            meta=get_str_map(m, "Meta", "Node"),
         )
+
+
+def satisfies_meta_filters(meta: StrMap | None, filters: StrMap) -> bool:
+    """``structs.SatisfiesMetaFilters``: every filter's key is in ``meta`` with exactly that
+    value (no filters: True)."""
+    if not filters:
+        return True
+    if not meta:
+        return False
+    return all(key in meta and meta[key] == value for key, value in filters.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,12 +229,15 @@ class NodeService:
         }
 
     def to_service_node_wire(self, node: Node) -> Wire:
-        """``structs.ServiceNode`` with the node's Address and TaggedAddresses filled in."""
+        """``structs.ServiceNode`` with the node's ID, Address, TaggedAddresses and Meta (as
+        ``NodeMeta``) filled in (``parseServiceNodes``)."""
         return {
             "Address": node.address,
             "CreateIndex": self.create_index,
+            "ID": node.id,
             "ModifyIndex": self.modify_index,
             "Node": node.node,
+            "NodeMeta": _copy_map(node.meta),
             "ServiceAddress": self.address,
             "ServiceEnableTagOverride": self.enable_tag_override,
             "ServiceID": self.id,
@@ -482,14 +504,20 @@ _NO_SOURCE: Final = QuerySource()
 
 @dataclass(frozen=True, slots=True)
 class DCSpecificRequest:
-    """``structs.DCSpecificRequest``: a query about a whole datacenter."""
+    """``structs.DCSpecificRequest``: a query about a whole datacenter; ``NodeMetaFilters``
+    (0.7.3+) keeps only nodes whose Meta has every pair (nil or empty: no filter)."""
 
     datacenter: str = ""
     source: QuerySource = _NO_SOURCE
     options: QueryOptions = _NO_OPTIONS
+    node_meta_filters: StrMap | None = None
 
     def to_wire(self) -> Wire:
-        fields = {"Datacenter": self.datacenter, "Source": self.source.to_wire()}
+        fields = {
+            "Datacenter": self.datacenter,
+            "NodeMetaFilters": _copy_map(self.node_meta_filters),
+            "Source": self.source.to_wire(),
+        }
         return _read_wire(self.options, fields)
 
     @classmethod
@@ -500,6 +528,7 @@ class DCSpecificRequest:
             get_str(m, "Datacenter", what),
             QuerySource.from_wire(m.get("Source")),
             QueryOptions.from_map(m, what),
+            get_str_map(m, "NodeMetaFilters", what),
         )
 
 
@@ -533,6 +562,8 @@ class ServiceSpecificRequest:
     tag_filter: bool = False
     source: QuerySource = _NO_SOURCE
     options: QueryOptions = _NO_OPTIONS
+    node_meta_filters: StrMap | None = None
+    """0.7.3+: only instances whose node's Meta has every pair (nil or empty: no filter)."""
 
     @property
     def tag(self) -> str | None:
@@ -542,6 +573,7 @@ class ServiceSpecificRequest:
     def to_wire(self) -> Wire:
         fields = {
             "Datacenter": self.datacenter,
+            "NodeMetaFilters": _copy_map(self.node_meta_filters),
             "ServiceName": self.service_name,
             "ServiceTag": self.service_tag,
             "Source": self.source.to_wire(),
@@ -560,21 +592,25 @@ class ServiceSpecificRequest:
             get_bool(m, "TagFilter", what),
             QuerySource.from_wire(m.get("Source")),
             QueryOptions.from_map(m, what),
+            get_str_map(m, "NodeMetaFilters", what),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class ChecksInStateRequest:
-    """``structs.ChecksInStateRequest``: the checks in one state (``any`` for all)."""
+    """``structs.ChecksInStateRequest``: the checks in one state (``any`` for all);
+    ``NodeMetaFilters`` (0.7.3+) keeps the checks of nodes whose Meta has every pair."""
 
     datacenter: str = ""
     state: str = ""
     source: QuerySource = _NO_SOURCE
     options: QueryOptions = _NO_OPTIONS
+    node_meta_filters: StrMap | None = None
 
     def to_wire(self) -> Wire:
         fields = {
             "Datacenter": self.datacenter,
+            "NodeMetaFilters": _copy_map(self.node_meta_filters),
             "Source": self.source.to_wire(),
             "State": self.state,
         }
@@ -589,6 +625,7 @@ class ChecksInStateRequest:
             get_str(m, "State", what),
             QuerySource.from_wire(m.get("Source")),
             QueryOptions.from_map(m, what),
+            get_str_map(m, "NodeMetaFilters", what),
         )
 
 
@@ -661,7 +698,8 @@ class SessionSpecificRequest:
 
 @dataclass(slots=True)
 class RegisterRequest:
-    """``structs.RegisterRequest``."""
+    """``structs.RegisterRequest``; ``id`` and ``node_meta`` (wire ``ID``, ``NodeMeta``) are
+    Consul 0.7.3+'s node ID and metadata ("" and None when a 0.7.0 peer omits them)."""
 
     datacenter: str = ""
     node: str = ""
@@ -671,6 +709,8 @@ class RegisterRequest:
     check: HealthCheck | None = None
     checks: list[HealthCheck] | None = None
     token: str = ""
+    id: str = ""
+    node_meta: StrMap | None = None
     # Not in 0.7's struct: the node's Raft indexes, carried only by our snapshots (a Go
     # reader ignores them, as go-msgpack skips unknown fields).
     create_index: int | None = None
@@ -685,9 +725,11 @@ class RegisterRequest:
         if self.create_index is not None:
             wire["CreateIndex"] = self.create_index
         wire["Datacenter"] = self.datacenter
+        wire["ID"] = self.id
         if self.modify_index is not None:
             wire["ModifyIndex"] = self.modify_index
         wire["Node"] = self.node
+        wire["NodeMeta"] = _copy_map(self.node_meta)
         wire["Service"] = None if self.service is None else self.service.to_wire()
         wire["TaggedAddresses"] = _copy_map(self.tagged_addresses)
         wire["Token"] = self.token
@@ -711,6 +753,8 @@ class RegisterRequest:
             if checks is None
             else [HealthCheck.from_wire(c) for c in checks if c is not None],
             token=get_str(m, "Token", what),
+            id=get_str(m, "ID", what),
+            node_meta=get_str_map(m, "NodeMeta", what),
             create_index=get_uint(m, "CreateIndex", what) if "CreateIndex" in m else None,
             modify_index=get_uint(m, "ModifyIndex", what) if "ModifyIndex" in m else None,
         )

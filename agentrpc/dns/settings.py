@@ -182,9 +182,9 @@ def parse_dns_config(
     names the first bad key. ``recursor_timeout`` and ``disable_compression`` are accepted and
     have no effect (there are no recursors; replies are always compressed).
 
-    ``translate_wan_addrs`` is a top-level key in Consul (passed here as the keyword); until
-    the agent's config has it, ``dns_config.translate_wan_addrs`` sets it too, and wins when
-    both are given."""
+    ``translate_wan_addrs`` is a top-level key in Consul (the agent passes its config's as
+    the keyword); ``dns_config.translate_wan_addrs`` sets it too, and wins when both are
+    given."""
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
         raise DNSConfigError(f"dns_config: unknown key {unknown[0]!r}")

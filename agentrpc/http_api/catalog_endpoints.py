@@ -1,7 +1,10 @@
 """``/v1/catalog/*``, ``/v1/health/*``, ``/v1/status/*`` and ``/v1/coordinate/*`` (Consul
 0.7's ``catalog_endpoint.go``, ``health_endpoint.go``, ``status_endpoint.go``,
 ``coordinate_endpoint.go``): each a call of the catalog's RPC endpoint, its reply reshaped
-(empty lists as ``[]``, as the reference replaces nil), the query headers set.
+(empty lists as ``[]``, as the reference replaces nil), the query headers set. Consul 0.8's
+node ID and metadata ride along: ``ID``/``NodeMeta`` in a register body, ``ID``/``Meta`` on
+nodes, ``?node-meta=key:value`` filters on catalog nodes, services and service, and on health
+service, checks and state.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from .context import APIContext, Route
 from .go_json import BodyError
 from .messages import HTTPError, Request, Response, json_response
 
-__all__ = ["ROUTES", "register_request"]
+__all__ = ["ROUTES", "node_meta_filters", "register_request"]
 
 
 def _source(api: APIContext, request: Request) -> dict[str, str]:
@@ -31,14 +34,28 @@ def _source(api: APIContext, request: Request) -> dict[str, str]:
     return {"Datacenter": api.dc(request), "Node": near}
 
 
+def node_meta_filters(request: Request) -> dict[str, str] | None:
+    """``parseMetaFilter``: each ``?node-meta=key:value`` (repeatable; all must match) split at
+    its first ``:``, a value without one meaning the empty value (the reference refuses
+    none); a later pair of the same key wins. None when the parameter is absent."""
+    if not request.has("node-meta"):
+        return None
+    filters: dict[str, str] = {}
+    for raw in request.all("node-meta"):
+        key, _, value = raw.partition(":")
+        filters[key] = value
+    return filters
+
+
 def _service_query(api: APIContext, request: Request, prefix: str) -> dict[str, Any]:
     """The request fields of a query about the service named after ``prefix`` (``?tag=``
-    filters when present, even empty)."""
+    filters when present, even empty; ``?node-meta=`` by node metadata)."""
     return {
         "ServiceName": api.required_tail(request, prefix, ERR_MISSING_SERVICE_NAME),
         "ServiceTag": request.get("tag"),
         "TagFilter": request.has("tag"),
         "Source": _source(api, request),
+        "NodeMetaFilters": node_meta_filters(request),
     }
 
 
@@ -78,7 +95,9 @@ def _check(obj: Any) -> HealthCheck:
 
 
 def register_request(body: dict[str, Any], datacenter: str, token: str) -> RegisterRequest:
-    """A ``structs.RegisterRequest`` from a JSON body (keys matched ignoring case)."""
+    """A ``structs.RegisterRequest`` from a JSON body (keys matched ignoring case), 0.8's
+    ``ID`` and ``NodeMeta`` included. Neither is checked here, as the reference's handler
+    (the server answers a bad ID with ``Bad node ID: ...``; NodeMeta is stored as given)."""
     try:
         check = go_json.get(body, "Check")
         checks = go_json.get(body, "Checks")
@@ -86,9 +105,11 @@ def register_request(body: dict[str, Any], datacenter: str, token: str) -> Regis
             raise BodyError("'Checks' expected type '[]HealthCheck'")
         return RegisterRequest(
             datacenter=go_json.get_str(body, "Datacenter") or datacenter,
+            id=go_json.get_str(body, "ID"),
             node=go_json.get_str(body, "Node"),
             address=go_json.get_str(body, "Address"),
             tagged_addresses=go_json.get_str_map(body, "TaggedAddresses"),
+            node_meta=go_json.get_str_map(body, "NodeMeta"),
             service=_service(go_json.get(body, "Service")),
             check=None if check is None else _check(check),
             checks=None if checks is None else [_check(c) for c in checks],
@@ -129,15 +150,15 @@ async def catalog_datacenters(api: APIContext, request: Request) -> Response:
 
 
 async def catalog_nodes(api: APIContext, request: Request) -> Response:
-    reply, headers = await api.read(request, "Catalog.ListNodes", {"Source": _source(api, request)})
+    fields = {"Source": _source(api, request), "NodeMetaFilters": node_meta_filters(request)}
+    reply, headers = await api.read(request, "Catalog.ListNodes", fields)
     nodes = [shapes.node(n) for n in reply.get("Nodes") or ()]
     return json_response(nodes, request, headers=headers)
 
 
 async def catalog_services(api: APIContext, request: Request) -> Response:
-    reply, headers = await api.read(
-        request, "Catalog.ListServices", {"Source": _source(api, request)}
-    )
+    fields = {"Source": _source(api, request), "NodeMetaFilters": node_meta_filters(request)}
+    reply, headers = await api.read(request, "Catalog.ListServices", fields)
     services = {name: list(tags or ()) for name, tags in (reply.get("Services") or {}).items()}
     return json_response(services, request, headers=headers)
 
@@ -174,13 +195,21 @@ async def _checks(
 
 async def health_checks(api: APIContext, request: Request) -> Response:
     name = api.required_tail(request, "/v1/health/checks/", ERR_MISSING_SERVICE_NAME)
-    fields = {"ServiceName": name, "Source": _source(api, request)}
+    fields = {
+        "ServiceName": name,
+        "Source": _source(api, request),
+        "NodeMetaFilters": node_meta_filters(request),
+    }
     return await _checks(api, request, "Health.ServiceChecks", fields)
 
 
 async def health_state(api: APIContext, request: Request) -> Response:
     state = api.required_tail(request, "/v1/health/state/", ERR_MISSING_CHECK_STATE)
-    fields = {"State": state, "Source": _source(api, request)}
+    fields = {
+        "State": state,
+        "Source": _source(api, request),
+        "NodeMetaFilters": node_meta_filters(request),
+    }
     return await _checks(api, request, "Health.ChecksInState", fields)
 
 

@@ -1,5 +1,5 @@
-"""The JSON shapes of Consul 0.7's HTTP API, built from the RPC replies (msgpack maps with Go's
-field names), sans-I/O.
+"""The JSON shapes of Consul 0.7's HTTP API (nodes with 0.7.3+/0.8's ``ID`` and ``Meta``),
+built from the RPC replies (msgpack maps with Go's field names), sans-I/O.
 
 Field order is the Go struct's (``encoding/json`` writes fields in declaration order, embedded
 ``RaftIndex`` last); ``[]byte`` is base64, a nil slice or map ``null`` unless the endpoint
@@ -103,10 +103,14 @@ def dir_entry(m: Wire) -> Wire:
 
 
 def node(m: Wire) -> Wire:
+    """``structs.Node`` (0.7.3+/0.8): ``ID`` ("" when unset) and ``Meta`` (``null`` when the
+    node was registered without it, ``{}`` when with an empty one) included."""
     return {
+        "ID": _str(m, "ID"),
         "Node": _str(m, "Node"),
         "Address": _str(m, "Address"),
         "TaggedAddresses": _map(m, "TaggedAddresses"),
+        "Meta": _map(m, "Meta"),
         "CreateIndex": _int(m, "CreateIndex"),
         "ModifyIndex": _int(m, "ModifyIndex"),
     }
@@ -126,10 +130,13 @@ def node_service(m: Wire) -> Wire:
 
 
 def service_node(m: Wire) -> Wire:
+    """``structs.ServiceNode`` (0.8): the node's ``ID`` and its Meta as ``NodeMeta``."""
     return {
+        "ID": _str(m, "ID"),
         "Node": _str(m, "Node"),
         "Address": _str(m, "Address"),
         "TaggedAddresses": _map(m, "TaggedAddresses"),
+        "NodeMeta": _map(m, "NodeMeta"),
         "ServiceID": _str(m, "ServiceID"),
         "ServiceName": _str(m, "ServiceName"),
         "ServiceTags": _list(m, "ServiceTags"),

@@ -110,6 +110,7 @@ class LocalAgent:
         self._runners: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
+        self._server_up = trio.Event()
         self._ttl_deadlines: dict[str, float] = {}
         self._ttl_wake = trio.Event()
         self._sync_lock = trio.Lock()
@@ -145,6 +146,11 @@ class LocalAgent:
     def trigger(self) -> None:
         """Something changed: anti-entropy syncs the changes soon."""
         self._changed.set()
+
+    def server_up(self) -> None:
+        """Consul's ``ConsulServerUp``: a server became known, so a full sync that failed
+        (``No known Consul servers``) is retried now rather than after its retry interval."""
+        self._server_up.set()
 
     # ------------------------------------------------------------------ services and checks
 
@@ -448,7 +454,9 @@ class LocalAgent:
                 error = await self.full_sync()
                 if not error:
                     break
-                await trio.sleep(self.sync_retry + self._stagger(self.sync_retry))
+                with trio.move_on_after(self.sync_retry + self._stagger(self.sync_retry)):
+                    await self._server_up.wait()
+                self._server_up = trio.Event()
             interval = ae_scale(self.ae_interval, self._members())
             deadline = self._clock() + interval + self._rng.random() * interval
             while True:

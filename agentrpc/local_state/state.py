@@ -121,6 +121,8 @@ class LocalState:
         datacenter: str = "",
         address: str = "",
         tagged_addresses: dict[str, str] | None = None,
+        node_id: str = "",
+        node_meta: dict[str, str] | None = None,
         token: str = "",
         check_update_interval: float = 300.0,
         on_change: Callable[[], None] | None = None,
@@ -129,6 +131,10 @@ class LocalState:
         self.datacenter = datacenter
         self.address = address
         self.tagged_addresses = tagged_addresses
+        self.node_id = node_id
+        """Consul 0.8's node ID ("" for none), registered with the node."""
+        self.node_meta = dict(node_meta or {})
+        """The node's metadata, registered as a map (``{}`` when empty, as Consul 0.8 sends)."""
         self.token = token
         """The agent's own token for its catalog writes (the default when none was given)."""
         self.check_update_interval = check_update_interval
@@ -309,6 +315,8 @@ class LocalState:
             node is not None
             and node.address == self.address
             and (node.tagged_addresses or None) == (self.tagged_addresses or None)
+            and node.id == self.node_id
+            and (node.meta or {}) == self.node_meta
         )
         for service_id in remote.services:
             if service_id not in self.services and service_id != CONSUL_SERVICE_ID:
@@ -355,6 +363,8 @@ class LocalState:
             node=self.node_name,
             address=self.address,
             tagged_addresses=dict(self.tagged_addresses) if self.tagged_addresses else None,
+            id=self.node_id,
+            node_meta=dict(self.node_meta),
             **fields,  # type: ignore[arg-type]
         )
 

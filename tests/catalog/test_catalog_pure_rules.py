@@ -204,7 +204,15 @@ def test_every_to_wire_writes_gos_sorted_keys() -> None:
         assert type(read).from_wire(wire) == read  # decode(encode(x)) == x
     for record in records:
         assert_go_key_order(record)
-    assert list(records[0]) == ["Address", "CreateIndex", "ModifyIndex", "Node", "TaggedAddresses"]
+    assert list(records[0]) == [
+        "Address",
+        "CreateIndex",
+        "ID",
+        "Meta",
+        "ModifyIndex",
+        "Node",
+        "TaggedAddresses",
+    ]
 
 
 def test_decoding_is_tolerant_the_way_go_msgpack_is() -> None:

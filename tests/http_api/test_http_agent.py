@@ -6,11 +6,13 @@ none), and a user event fired over HTTP comes back from the LAN pool into ``/v1/
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -202,6 +204,16 @@ async def node_answer(dns_addr: str, name: str) -> list[str]:
             await trio.sleep(0.05)
 
 
+async def node_id_of(http_addr: str) -> str:
+    """``Config.NodeID`` of ``/v1/agent/self``."""
+
+    def fetch() -> str:
+        with urllib.request.urlopen(f"http://{http_addr}/v1/agent/self", timeout=10) as reply:
+            return str(json.load(reply)["Config"]["NodeID"])
+
+    return await trio.to_thread.run_sync(fetch)
+
+
 async def test_kv_cli_and_dns_against_agentrpc_serve() -> None:
     """The README's section "HTTP API and DNS (opt-in)", on free ports."""
     async with serve("--http-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0") as addresses:
@@ -215,9 +227,16 @@ async def test_kv_cli_and_dns_against_agentrpc_serve() -> None:
         missing = await cli("kv", "get", "--http-addr", http, "nope")
         assert missing.returncode == 1
         assert await node_answer(addresses["dns"], "cli-http.node.consul.") == ["127.0.0.1"]
+        agent_node_id = await node_id_of(http)
+        assert len(agent_node_id) == 36, agent_node_id  # Config.NodeID: a UUID
         nodes = await cli("catalog", "nodes", "--http-addr", http)
         assert nodes.returncode == 0, nodes.stderr
-        assert nodes.stdout.decode().split()[3:5] == ["cli-http", "127.0.0.1"], nodes.stdout
+        header, *rows = nodes.stdout.decode().splitlines()
+        assert header.split() == ["Node", "ID", "Address", "DC"], nodes.stdout
+        # Consul 0.8's columns: the node ID cut at its first "-".
+        assert [row.split() for row in rows] == [
+            ["cli-http", agent_node_id[:8], "127.0.0.1", "dc1"]
+        ], nodes.stdout
 
 
 def _taken(port: int, *, udp: bool) -> bool:

@@ -65,10 +65,11 @@ async def test_catalog_datacenters_nodes_services() -> None:
         assert await catalog("datacenters") == (0, "dc1\n", "")
         code, out, _ = await catalog("nodes")
         assert code == 0
+        # Consul 0.8's columns; this cluster's nodes are registered without node IDs.
         assert out.splitlines() == [
-            "Node      Address    DC",
-            "client-1  127.0.0.1  dc1",
-            "server-1  127.0.0.1  dc1",
+            "Node      ID  Address    DC",
+            "client-1      127.0.0.1  dc1",
+            "server-1      127.0.0.1  dc1",
         ]
         assert await catalog("services") == (0, "consul\n", "")
         assert (

@@ -200,9 +200,11 @@ async def test_catalog_endpoints() -> None:
         index, nodes = await blocking(c.catalog.nodes)
         assert [n["Node"] for n in nodes] == ["client-1", SERVER] and int(index) >= 1
         assert list(nodes[0]) == [
+            "ID",
             "Node",
             "Address",
             "TaggedAddresses",
+            "Meta",
             "CreateIndex",
             "ModifyIndex",
         ]
