@@ -134,6 +134,7 @@ def limits_from(config: AgentConfig) -> EngineLimits:
         max_inflight=config.max_inflight,
         monitor_queue=config.monitor_queue_size,
         drain_timeout=config.drain_timeout,
+        spin_us=config.rpc_spin_us,
     )
 
 

@@ -32,7 +32,7 @@ from .budget import DEFAULT_CONNECTION_BYTES, ConnectionBudget, SharedBudget
 from .log_protocol import DEBUG, WARN, LogLike, clip
 from .logs import LogSubscription
 from .protocol.bodies import BODY_DECODERS
-from .protocol.codec import READ_SIZE, Request, RequestDecoder, ResponseEncoder
+from .protocol.codec import PAUSED, READ_SIZE, Request, RequestDecoder, ResponseEncoder
 from .protocol.constants import DEFAULT_MAX_FRAME_SIZE, ERR_SHUTTING_DOWN, ERROR_BODIES
 from .protocol.errors import ProtocolError
 from .protocol.rpc_session import (
@@ -43,7 +43,7 @@ from .protocol.rpc_session import (
     Kind,
     RPCSession,
 )
-from .transports.fastpath import try_send_nowait
+from .transports.fastpath import nowait_sender, receiver
 
 Reply = tuple[str, Any]
 """A handler's answer: (Error, body or None)."""
@@ -111,6 +111,9 @@ class EngineLimits:
     """Commands that wait (join, leave, ...) running at once; past it the reader pushes back."""
     monitor_queue: int = defaults.MONITOR_QUEUE
     drain_timeout: float = defaults.DRAIN_TIMEOUT
+    spin_us: int = 0
+    """``rpc_spin_us``: poll an empty socket this long before waiting in the event loop (0:
+    never; plain TCP and unix sockets only)."""
 
 
 class RPCServices(Protocol):
@@ -182,6 +185,7 @@ class RPCConnection:
         self._session = RPCSession(self._instant, self._async, services.rpc_token)
         # True only while the writer waits on an empty channel and nothing was queued since.
         self._writer_waiting = False
+        self._send_nowait = nowait_sender(stream)
         self._inflight = trio.Semaphore(self._limits.max_inflight)
         self._monitor: _Monitor | None = None
         self._reader_scope = trio.CancelScope()
@@ -285,6 +289,10 @@ class RPCConnection:
         budget = self._budget
         if not budget.try_reserve(len(data)):
             await budget.reserve(len(data))
+            # The writer may have drained the channel and gone idle while we waited: once
+            # it has this frame (it may not run before us), it is not idle any more, or the
+            # reader would write newer replies ahead of it.
+            self._writer_waiting = False
         await self._send.send(data)
 
     async def send_reply(self, seq: int, error: str = "", body: Any = None) -> None:
@@ -339,70 +347,123 @@ class RPCConnection:
         return EndReason.FATAL
 
     async def _read_requests(self) -> EndReason:
-        """Read and answer until EOF or a request that ends the connection."""
-        stream = self.stream
+        """Read and answer until EOF or a request that ends the connection.
+
+        The hot path is inline: a read whose requests the decoder answers by itself (plain
+        ``stop``, :meth:`RequestDecoder.pull`) is written at once when the writer is idle
+        (the rest of what the OS does not take goes to the writer); the first request that
+        needs the session sends the batch through :meth:`_answer_requests`."""
+        receive = receiver(self.stream, self._limits.spin_us)
         decoder = RequestDecoder(self._limits.max_frame_size, body_decoders=BODY_DECODERS)
+        pull = decoder.pull
+        session = self._session
+        stats = self._stats
+        send_nowait = nowait_sender(self.stream)
         idle_checks = self._limits.idle_timeout > 0
+        out: list[bytes] = []
         while True:
             if idle_checks:
                 self._arm_idle_deadline()
-            data = await stream.receive_some(READ_SIZE)
+            data = await receive(READ_SIZE)
             if not data:
                 return EndReason.EOF
             decoder.feed(data)
-            if not await self._answer_requests(decoder):
-                return EndReason.FATAL
+            # Token read for every batch: a reloaded token applies from the next read on.
+            session.token = self._services.rpc_token
+            try:
+                request = pull(out, session.plain_stop, session.monitor_seq)
+            except ProtocolError:
+                stats.frames_in += decoder.answered
+                decoder.answered = 0
+                await self._flush(out)
+                raise
+            if request is not None:
+                if not await self._answer_requests(decoder, request, out):
+                    return EndReason.FATAL
+                continue
+            if not out:
+                continue
+            stats.frames_in += decoder.answered
+            decoder.answered = 0
+            stats.frames_out += len(out)
+            frames = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            if self._writer_waiting:
+                sent = send_nowait(frames)
+                if sent == len(frames):
+                    continue
+                if sent:
+                    frames = frames[sent:]
+            await self._queue(frames)
 
-    async def _answer_requests(self, decoder: RequestDecoder) -> bool:
-        """Answer every whole request in ``decoder``, in order; False: close the connection.
+    async def _answer_requests(
+        self, decoder: RequestDecoder, request: Request, out: list[bytes]
+    ) -> bool:
+        """Answer ``request`` and every whole request after it in ``decoder``, in order (the
+        replies of the batch so far are in ``out``); False: close the connection.
 
-        The session decides for each request. Decisions answered at once (an instant command,
-        a plain ``stop``, the gate's errors: :meth:`_answer`) are batched into one hand-over to
-        the writer; the others go to :meth:`_dispatch`. A malformed request raises
-        ProtocolError once the answers before it are handed over."""
+        A plain ``stop`` (the hot path) is answered by the decoder itself when the session
+        allows it (:attr:`RPCSession.plain_stop`); for every other request the session decides.
+        Decisions answered at once (an instant command, a plain ``stop``, the gate's errors:
+        :meth:`_answer`) are batched into one hand-over to the writer; the others go to
+        :meth:`_dispatch`. A malformed request raises ProtocolError once the answers before it
+        are handed over."""
         stats = self._stats
         session = self._session
-        # Read for every batch: a reloaded token applies from the next read on.
-        session.token = self._services.rpc_token
         receive = session.receive
+        pull = decoder.pull
         instant, instant_decision, success = self._instant, INSTANT, SUCCESS
         encoder = self._encoder
-        out: list[bytes] = []
         count = 0
         pending = 0
         try:
-            for request in decoder:
-                count += 1
-                decision = receive(request)
-                if decision is instant_decision:
-                    error, body = instant[request.command](request.body)
-                    frame = encoder.response(request.seq, error, body)
-                elif decision is success:
-                    frame = encoder.header(request.seq)
-                else:
-                    answer = self._answer(decision, request)
-                    if answer is None:
-                        if not await self._dispatch(decision, request, out):
-                            stats.frames_in += count
-                            await self._flush(out)
-                            return False
-                        continue
-                    frame = answer
-                out.append(frame)
-                pending += len(frame)
-                if pending >= FLUSH_BYTES:
-                    # Big replies (stats, members) to a long pipelined batch: hand them over
-                    # now, so the budget can hold this reader back mid-batch.
-                    pending = 0
+            while True:
+                if request is PAUSED:
+                    # The decoder answered a long run of plain stops: hand them over, let
+                    # others run.
                     await self._flush(out)
-                elif not count % YIELD_EVERY:
-                    # One read can hold ~3,000 requests: let other connections run meanwhile.
                     await trio.lowlevel.checkpoint()
+                else:
+                    count += 1
+                    decision = receive(request)
+                    if decision is instant_decision:
+                        error, body = instant[request.command](request.body)
+                        frame = encoder.response(request.seq, error, body)
+                    elif decision is success:
+                        frame = encoder.header(request.seq)
+                    else:
+                        answer = self._answer(decision, request)
+                        if answer is None:
+                            if not await self._dispatch(decision, request, out):
+                                stats.frames_in += count + decoder.answered
+                                decoder.answered = 0
+                                await self._flush(out)
+                                return False
+                            frame = b""
+                        else:
+                            frame = answer
+                    if frame:
+                        out.append(frame)
+                        pending += len(frame)
+                    if pending >= FLUSH_BYTES:
+                        # Big replies (stats, members) to a long pipelined batch: hand them
+                        # over now, so the budget can hold this reader back mid-batch.
+                        pending = 0
+                        await self._flush(out)
+                    elif not count % YIELD_EVERY:
+                        # One read can hold ~3,000 requests: let other connections run.
+                        await trio.lowlevel.checkpoint()
+                following = pull(out, session.plain_stop, session.monitor_seq)
+                if following is None:
+                    break
+                request = following
         except ProtocolError:
-            stats.frames_in += count
+            stats.frames_in += count + decoder.answered
+            decoder.answered = 0
             await self._flush(out)
             raise
-        stats.frames_in += count
+        stats.frames_in += count + decoder.answered
+        decoder.answered = 0
         await self._flush(out)
         return True
 
@@ -433,7 +494,7 @@ class RPCConnection:
             if self._writer_waiting:
                 # Nothing is queued and the writer waits: write now, skipping two task
                 # switches; whatever the OS does not take goes to the writer, in order.
-                sent = try_send_nowait(self.stream, data)
+                sent = self._send_nowait(data)
                 if sent == len(data):
                     return
                 if sent:

@@ -1,31 +1,136 @@
-"""Writing without waiting: hand bytes to the OS (or the peer's queue) when it takes them now.
+"""Reading and writing without waiting: move bytes when the OS (or the peer's queue) has them now.
 
-The connection engine's writer task owns the stream; when that task is idle (nothing queued,
+The connection engine's writer task owns sending; when that task is idle (nothing queued,
 waiting for more), a reader that has a reply ready may write it at once instead of waking the
-writer, saving two task switches per round trip. Only what the transport accepts without
-blocking is written; the caller queues the rest for the writer, so order is kept.
+writer, saving two task switches per round trip (:func:`nowait_sender`). Only what the
+transport accepts without blocking is written; the caller queues the rest for the writer, so
+order is kept.
+
+Reading (:func:`receiver`): on a plain socket stream a read is tried first and only an empty
+socket waits in the event loop, so a read that finds data costs no pass through the scheduler
+(``SocketStream.receive_some`` makes one on every call). A schedule point every
+:data:`READS_BEFORE_YIELD` reads that found data keeps the other tasks running and lets a
+cancellation in. With ``spin_us`` the empty socket is polled that long before the wait (an
+opt-in trade of CPU for latency, see ``docs/performance.md``). Any other stream (memory, TLS)
+reads with its own ``receive_some``.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
 
 import trio
 
 from .memory import MemoryByteStream
 
+READS_BEFORE_YIELD: Final = 64
+"""Reads in a row that found data before the reader lets other tasks run."""
 
-def try_send_nowait(stream: trio.abc.Stream, data: bytes) -> int | None:
-    """Bytes of ``data`` written right now (0 when the transport would block), or None when
-    the stream has no synchronous path or reports an error (the caller then takes the normal,
-    awaiting path, which raises the proper trio exception)."""
+Receive = Callable[[int], Awaitable[bytes | bytearray]]
+"""Reads at most that many bytes; ``b""`` at EOF (the contract of ``receive_some``)."""
+
+
+def nowait_sender(stream: trio.abc.Stream) -> Callable[[bytes], int | None]:
+    """A function writing what ``stream`` takes right now: the bytes written (0 when it would
+    block), or None when the stream has no synchronous path or reports an error (the caller
+    then takes the awaiting path, which raises the proper trio exception). A socket's
+    descriptor is looked up once: use it only while the stream is open."""
     if type(stream) is trio.SocketStream:
-        try:
-            return os.write(stream.socket.fileno(), data)
-        except BlockingIOError:
-            return 0
-        except OSError:
-            return None
+        fd = stream.socket.fileno()
+        write = os.write
+
+        def send_socket(data: bytes) -> int | None:
+            try:
+                return write(fd, data)
+            except BlockingIOError:
+                return 0
+            except OSError:
+                return None
+
+        return send_socket
     if type(stream) is MemoryByteStream:
-        return stream.send_nowait(data)
+        return stream.send_nowait
+    return _no_sync_path
+
+
+def _no_sync_path(data: bytes) -> None:
     return None
+
+
+def receiver(stream: trio.abc.Stream, spin_us: int = 0) -> Receive:
+    """The fastest way to read ``stream``: :class:`SocketReceiver` for a plain socket stream,
+    the stream's own ``receive_some`` for any other. The caller must be the stream's only
+    reader and must not use the receiver after closing the stream."""
+    if type(stream) is trio.SocketStream:
+        return SocketReceiver(stream, spin_us).receive
+    return stream.receive_some
+
+
+def _stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    if exc.errno == errno.EBADF:
+        return trio.ClosedResourceError("the socket was closed")
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")
+
+
+class SocketReceiver:
+    """Reads a socket stream's file descriptor: try first, wait only when it is empty."""
+
+    __slots__ = ("_fd", "_spin", "_streak")
+
+    def __init__(self, stream: trio.SocketStream, spin_us: int = 0) -> None:
+        self._fd = stream.socket.fileno()
+        self._spin = spin_us / 1e6
+        self._streak = 0
+
+    async def receive(self, max_bytes: int) -> bytes:
+        """At most ``max_bytes`` bytes, ``b""`` at EOF; ``trio.BrokenResourceError`` when
+        the connection broke (``ClosedResourceError`` once the socket is closed)."""
+        fd = self._fd
+        if self._streak >= READS_BEFORE_YIELD:
+            # Many reads found data in a row: let the others run (and a cancellation in).
+            self._streak = 0
+            await trio.lowlevel.checkpoint()
+        try:
+            data = os.read(fd, max_bytes)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise _stream_error(exc) from None
+        else:
+            self._streak += 1
+            return data
+        if self._spin:
+            spun = self._spin_read(max_bytes)
+            if spun is not None:
+                self._streak += 1  # no schedule point yet: counts as a read that found data
+                return spun
+        self._streak = 0
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                return os.read(fd, max_bytes)
+            except BlockingIOError:
+                continue  # woken without data (another reader of the event): wait again
+            except OSError as exc:
+                raise _stream_error(exc) from None
+
+    def _spin_read(self, max_bytes: int) -> bytes | None:
+        """Poll the socket for up to ``spin_us`` while no other task is ready to run; the
+        data, or None when nothing came (the caller then waits in the event loop)."""
+        if trio.lowlevel.current_statistics().tasks_runnable:
+            return None  # never hold the others back
+        fd = self._fd
+        clock = time.perf_counter
+        end = clock() + self._spin
+        while True:
+            try:
+                return os.read(fd, max_bytes)
+            except BlockingIOError:
+                if clock() >= end:
+                    return None
+            except OSError as exc:
+                raise _stream_error(exc) from None

@@ -36,6 +36,7 @@ from .msgpack_wire import (
     NEED_DATA,
     READ_SIZE as READ_SIZE,
     TEXT_ERRORS as TEXT_ERRORS,
+    WIRE_ERRORS,
     ObjectTooLarge,
     Undecodable,
     as_text as as_text,
@@ -45,6 +46,7 @@ from .msgpack_wire import (
     new_packer as new_packer,
     next_object,
     text_bytes as text_bytes,
+    wire_error,
 )
 
 MAX_SEQ: Final = MAX_UINT64
@@ -103,14 +105,45 @@ def parse_request_header(obj: object) -> tuple[str, int, str | None]:
     return command, seq, token
 
 
+OK_HEADER_PREFIX: Final = b"\x82\xa5Error\xa0\xa3Seq"
+"""A success reply header ``{Error: "", Seq: ...}`` up to its Seq (keys in sorted order)."""
+_STOP: Final = "stop"
+SPARE_UNPACKERS: Final = 16
+"""Idle msgpack parsers kept for reuse, per frame-size limit (:meth:`RequestDecoder.feed`)."""
+SPARE_BUFFER: Final = 16 * 1024
+"""A parser that had to hold more than this many bytes is not kept (its buffer grew)."""
+_SPARES: dict[int, list[Any]] = {}
+"""Frame-size limit -> idle parsers with no partial object and a small buffer. Shared by the
+decoders of one process (a plain cache: the parsers hold no bytes and no state)."""
+PULL_BYTES: Final = 8 * 1024
+"""Bytes of requests one :meth:`RequestDecoder.pull` answers at most before it returns
+:data:`PAUSED` (some 400 ``stop`` requests, well under a millisecond), so that the caller can
+let others run."""
+
+
 class RequestDecoder:
     """Turns a byte stream from a client into :class:`Request` tuples.
 
     Unknown commands are returned at once with no body (their body, if any, is never read: the
     connection closes after the ``Unsupported command`` reply).
+
+    Two ways to read: iterate (every request, one :class:`Request` each), or :meth:`pull`, the
+    engine's hot path, which also answers by itself the one request whose answer needs no
+    state beyond what the caller passes in (a plain ``stop``, see :meth:`pull`) and hands back
+    the next request that needs the session.
     """
 
-    __slots__ = ("_body_decoders", "_complete", "_fed", "_pending", "_unpacker", "max_frame_size")
+    __slots__ = (
+        "_body_decoders",
+        "_complete",
+        "_fed",
+        "_pack_seq",
+        "_pending",
+        "_small",
+        "_unpacker",
+        "answered",
+        "max_frame_size",
+    )
 
     def __init__(
         self,
@@ -126,22 +159,47 @@ class RequestDecoder:
         self.max_frame_size = max_frame_size
         self._body_decoders: Mapping[str, Callable[[Any], Any]] = body_decoders or {}
         # msgpack's unpacker carries ~45 KiB of parser state, so it exists only while bytes
-        # are waiting: an idle connection holds none (making one costs under a microsecond).
+        # are waiting: an idle connection holds none (see _release).
         self._unpacker: Any = None
         self._fed = 0
         self._complete = 0
         self._pending: tuple[str, int, str | None] | None = None
+        self._small = True
+        self._pack_seq: Callable[[int], bytes] = msgpack.Packer(buf_size=32).pack
+        self.answered = 0
+        """Requests :meth:`pull` answered by itself (the caller counts and resets it)."""
 
-    def feed(self, data: bytes | bytearray) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes received from the peer."""
-        if self._unpacker is None:
-            self._unpacker = bounded_unpacker(self.max_frame_size)
-            self._fed = self._complete = 0
+        unpacker = self._unpacker
+        if unpacker is None:
+            spares = _SPARES.get(self.max_frame_size)
+            unpacker = self._unpacker = (
+                spares.pop() if spares else bounded_unpacker(self.max_frame_size)
+            )
+            # Offsets are the unpacker's own (a spare one has counted bytes before).
+            self._fed = self._complete = unpacker.tell()
+            self._small = True
+        size = len(data)
+        if self._fed - self._complete + size > SPARE_BUFFER:
+            self._small = False  # its buffer may have grown: not kept as a spare
         try:
-            feed(self._unpacker, data)
+            feed(unpacker, data)
         except ObjectTooLarge:
             raise self._too_large() from None
-        self._fed += len(data)
+        self._fed += size
+
+    def _release(self) -> None:
+        """The last object ended the data: an idle connection keeps no parser. A parser whose
+        buffer stayed small is kept for the next decoder that needs one (making one costs
+        about a microsecond and a half, at every read of a connection that waits between
+        batches)."""
+        unpacker = self._unpacker
+        self._unpacker = None
+        if self._small:
+            spares = _SPARES.setdefault(self.max_frame_size, [])
+            if len(spares) < SPARE_UNPACKERS:
+                spares.append(unpacker)
 
     def _too_large(self) -> FrameTooLarge:
         pending = self._pending
@@ -158,45 +216,172 @@ class RequestDecoder:
 
     def __iter__(self) -> Iterator[Request]:
         """Yield every request complete in the buffer; stop when more bytes are needed."""
+        pull = self.pull
+        while True:
+            request = pull(None)
+            if request is None:
+                return
+            yield request
+
+    def pull(
+        self,
+        out: list[bytes] | None,
+        plain_stop: bool = False,
+        monitor_seq: int | None = None,
+        limit: int = PULL_BYTES,
+    ) -> Request | None:
+        """The next whole request that needs the caller, or None: the buffer holds no whole
+        request, or :data:`PAUSED` once requests of ``limit`` bytes were answered here.
+
+        With ``plain_stop`` (the session says: handshaken, no token to check, ``stop`` is a
+        plain success), a ``stop`` whose body is ``{Stop: n}`` with ``n`` not ``monitor_seq``
+        is answered here: its success header is appended to ``out`` and :attr:`answered`
+        counts it. Everything else (a ``stop`` of the monitor included) is returned, in order.
+        One pass per object, with no call per request: this is the engine's hot path.
+        """
         unpacker = self._unpacker
         if unpacker is None:
-            return
-        while True:
-            try:
-                obj = next_object(unpacker)
-            except ObjectTooLarge:
-                raise self._too_large() from None
-            except Undecodable as exc:
-                pending = self._pending
-                raise ProtocolError(
-                    f"undecodable msgpack: {exc}",
-                    seq=pending[1] if pending else None,
-                    command=pending[0] if pending else None,
-                ) from None
-            if obj is NEED_DATA:
-                if self._complete == self._fed:
-                    self._unpacker = None  # the last object ended the data: release the parser
-                return
-            # msgpack's tell() also counts a partly parsed object, so remember where the
-            # last whole object ended.
-            self._complete = unpacker.tell()
-            pending = self._pending
-            if pending is not None:
-                self._pending = None
-                decode = self._body_decoders.get(pending[0])
-                if decode is not None:
-                    try:
-                        obj = decode(obj)
-                    except ProtocolError as exc:
-                        exc.seq, exc.command = pending[1], pending[0]
-                        raise
-                yield Request(pending[0], pending[1], pending[2], obj)
-                continue
-            command, seq, token = parse_request_header(obj)
-            if command in COMMANDS_WITH_BODY:
+            return None
+        if not plain_stop or out is None:
+            return self._pull_each(unpacker)
+        # The pending header (its body comes next) in three locals: no tuple per request.
+        command: str | None = None
+        seq: Any = 0  # an int once checked
+        token: str | None = None
+        if self._pending is not None:
+            command, seq, token = self._pending
+            self._pending = None
+        keep = -1 if monitor_seq is None else monitor_seq  # int against int: the fast compare
+        before = len(out)
+        ok_head, pack_seq, append = OK_HEADER_PREFIX, self._pack_seq, out.append
+        tell, with_body, stop_command = unpacker.tell, COMMANDS_WITH_BODY, _STOP
+        # msgpack's tell() also counts a partly parsed object: ``end`` is where the last whole
+        # request ended (the release below needs it); it also bounds the work of one call.
+        end = self._complete
+        pause_at = end + limit
+        try:
+            for obj in unpacker:
+                if command is not None:
+                    if command == stop_command and type(obj) is dict:
+                        stop = obj.get("Stop")
+                        if type(stop) is int and stop >= 0 and stop != keep:
+                            append(ok_head + pack_seq(seq))
+                            command = None
+                            end = tell()
+                            if end >= pause_at:
+                                self._complete = end
+                                self.answered += len(out) - before
+                                return PAUSED
+                            continue
+                    self._complete = tell()
+                    self.answered += len(out) - before
+                    before = len(out)
+                    request = self._with_body(command, seq, token, obj)
+                    command = None
+                    return request
+                # The header's common shape checked inline (no call per request).
+                if type(obj) is dict:
+                    name = obj.get("Command")
+                    seq = obj.get("Seq")
+                    token = obj.get("Token")
+                    # msgpack yields no int above 2**64 - 1: Seq >= 0 is a uint64.
+                    if not (
+                        type(name) is str
+                        and type(seq) is int
+                        and seq >= 0
+                        and (type(token) is str or token is None)
+                    ):
+                        name, seq, token = parse_request_header(obj)
+                else:
+                    name, seq, token = parse_request_header(obj)
+                if name in with_body:
+                    command = name
+                    continue
+                self._complete = tell()
+                self.answered += len(out) - before
+                return Request(name, seq, token, None)
+        except WIRE_ERRORS as exc:
+            self._complete = end
+            self.answered += len(out) - before
+            if command is not None:
                 self._pending = (command, seq, token)
-            else:
-                yield Request(command, seq, token, None)
+            raise self._undecodable(exc) from None
+        except ProtocolError:
+            self._complete = end
+            self.answered += len(out) - before
+            raise
+        # The buffer holds no whole object.
+        self._complete = end
+        self.answered += len(out) - before
+        if command is not None:
+            self._pending = (command, seq, token)
+        elif end == self._fed:
+            self._release()
+        return None
+
+    def _pull_each(self, unpacker: Any) -> Request | None:
+        """:meth:`pull` without the plain ``stop``: every request is returned."""
+        pending = self._pending
+        try:
+            for obj in unpacker:
+                self._complete = unpacker.tell()
+                if pending is not None:
+                    command, seq, token = pending
+                    pending = self._pending = None
+                    return self._with_body(command, seq, token, obj)
+                command, seq, token = _header(obj)
+                if command in COMMANDS_WITH_BODY:
+                    pending = self._pending = (command, seq, token)
+                    continue
+                return Request(command, seq, token, None)
+        except WIRE_ERRORS as exc:
+            raise self._undecodable(exc) from None
+        if self._complete == self._fed:
+            self._release()
+        return None
+
+    def _with_body(self, command: str, seq: int, token: str | None, obj: Any) -> Request:
+        decode = self._body_decoders.get(command)
+        if decode is not None:
+            try:
+                obj = decode(obj)
+            except ProtocolError as exc:
+                exc.seq, exc.command = seq, command
+                raise
+        return Request(command, seq, token, obj)
+
+    def _undecodable(self, exc: Exception) -> ProtocolError:
+        """msgpack's failure as the :class:`ProtocolError` that names the pending request."""
+        wire = wire_error(exc)
+        if type(wire) is ObjectTooLarge:
+            return self._too_large()
+        pending = self._pending
+        return ProtocolError(
+            f"undecodable msgpack: {wire}",
+            seq=pending[1] if pending else None,
+            command=pending[0] if pending else None,
+        )
+
+
+PAUSED: Final = Request("", -1, None, None)
+"""What :meth:`RequestDecoder.pull` returns once it answered ``limit`` requests by itself."""
+
+
+def _header(obj: object) -> tuple[str, int, str | None]:
+    """A request header's fields: the common shape checked inline, the rest (and every error)
+    by :func:`parse_request_header`."""
+    if type(obj) is dict:
+        command = obj.get("Command")
+        seq = obj.get("Seq")
+        token = obj.get("Token")
+        if (
+            type(command) is str
+            and type(seq) is int
+            and 0 <= seq <= MAX_SEQ
+            and (token is None or type(token) is str)
+        ):
+            return command, seq, token
+    return parse_request_header(obj)
 
 
 class Encoded(bytes):
@@ -210,7 +395,7 @@ class ResponseEncoder:
 
     __slots__ = ("_pack", "_pack_seq")
 
-    _OK_HEAD: Final = b"\x82\xa5Error\xa0\xa3Seq"
+    _OK_HEAD: Final = OK_HEADER_PREFIX
 
     def __init__(self) -> None:
         self._pack: Callable[[Any], bytes] = new_packer()

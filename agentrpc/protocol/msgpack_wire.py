@@ -128,6 +128,19 @@ def feed(unpacker: Any, data: bytes | bytearray | memoryview) -> None:
         raise ObjectTooLarge("the buffer is full") from None
 
 
+WIRE_ERRORS: Final = (ValueError, TypeError, msgpack.exceptions.UnpackException)
+"""What msgpack raises while unpacking (for a loop that iterates an unpacker itself: pass the
+exception to :func:`wire_error`)."""
+
+
+def wire_error(exc: Exception) -> ObjectTooLarge | Undecodable:
+    """One of :data:`WIRE_ERRORS` as :class:`ObjectTooLarge` or :class:`Undecodable` (with
+    msgpack's own words as the message)."""
+    if type(exc) is ValueError:  # only a declared length over its limit, see above
+        return ObjectTooLarge(str(exc))
+    return Undecodable(str(exc))
+
+
 def next_object(unpacker: Any) -> object:
     """The next whole object, or :data:`NEED_DATA`; raises :class:`ObjectTooLarge` or
     :class:`Undecodable` (with msgpack's own words as the message)."""
@@ -135,11 +148,5 @@ def next_object(unpacker: Any) -> object:
         return next(unpacker)
     except StopIteration:
         return NEED_DATA
-    except (msgpack.exceptions.FormatError, msgpack.exceptions.StackError) as exc:
-        raise Undecodable(str(exc)) from None
-    except ValueError as exc:
-        if type(exc) is ValueError:  # only a declared length over its limit, see above
-            raise ObjectTooLarge(str(exc)) from None
-        raise Undecodable(str(exc)) from None
-    except (TypeError, msgpack.exceptions.UnpackException) as exc:
-        raise Undecodable(str(exc)) from None
+    except WIRE_ERRORS as exc:
+        raise wire_error(exc) from None

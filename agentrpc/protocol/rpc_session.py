@@ -131,7 +131,16 @@ class RPCSession:
     received after the change.
     """
 
-    __slots__ = ("_closed", "_handled", "_handshaken", "_instant", "_open", "monitor_seq", "token")
+    __slots__ = (
+        "_closed",
+        "_handled",
+        "_handshaken",
+        "_instant",
+        "_open",
+        "_plain_rules",
+        "monitor_seq",
+        "token",
+    )
 
     def __init__(self, instant: Container[str], handled: Container[str], token: str = "") -> None:
         self._instant = instant
@@ -144,6 +153,16 @@ class RPCSession:
         self._closed = False
         # Handshaken and not closed: the one test on the per-request path.
         self._open = False
+        # A subclass with its own rules for requests (another dialect) decides every one.
+        self._plain_rules = type(self).receive is RPCSession.receive
+
+    @property
+    def plain_stop(self) -> bool:
+        """True while a ``stop`` of any Seq but :attr:`monitor_seq` is a plain success that
+        needs nothing of the session (handshaken, not closed, no token to check): the
+        decoder may then answer it by itself
+        (:meth:`~agentrpc.protocol.codec.RequestDecoder.pull`), as :meth:`receive` would."""
+        return self._open and not self.token and self._plain_rules
 
     @property
     def handshaken(self) -> bool:
