@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -61,3 +63,28 @@ async def started_process(
             process.kill()
         with trio.move_on_after(5):
             await process.wait()
+
+
+_IMPORT_PROBE = """
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
+print(json.dumps({
+    "trio": "trio" in sys.modules,
+    "project": sorted(name for name in sys.modules if name.split(".")[0] == "agentrpc"),
+}))
+"""
+
+
+def imports_of(module: str) -> tuple[bool, set[str]]:
+    """Whether importing ``module`` alone, in a fresh interpreter, loads trio, and the
+    project modules it loads."""
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, module],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, f"import {module} failed:\n{done.stderr}"
+    result = json.loads(done.stdout)
+    return bool(result["trio"]), set(result["project"])

@@ -7,14 +7,12 @@ shows the chain.
 
 from __future__ import annotations
 
-import json
 import pkgutil
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from process_helpers import imports_of
 
 import agentrpc.protocol
 
@@ -45,29 +43,6 @@ PURE_MODULES = sorted({*PROTOCOL_MODULES, *_pure_modules_of_the_contract()})
 
 PACKAGES = {"agentrpc"} | {name.rpartition(".")[0] for name in PURE_MODULES}
 """Package ``__init__`` modules the pure ones live in (they must stay light themselves)."""
-
-_PROBE = """
-import importlib, json, sys
-importlib.import_module(sys.argv[1])
-print(json.dumps({
-    "trio": "trio" in sys.modules,
-    "project": sorted(name for name in sys.modules if name.split(".")[0] == "agentrpc"),
-}))
-"""
-
-
-def imports_of(module: str) -> tuple[bool, set[str]]:
-    """Whether importing ``module`` alone loads trio, and the project modules it loads."""
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE, module],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, f"import {module} failed:\n{done.stderr}"
-    result = json.loads(done.stdout)
-    return bool(result["trio"]), set(result["project"])
 
 
 @pytest.mark.parametrize("module", PURE_MODULES)

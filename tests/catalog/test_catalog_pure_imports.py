@@ -4,11 +4,8 @@ log and FSM protocols, serf's coordinate values, the catalog's own pure modules)
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
+from process_helpers import imports_of
 
 CATALOG_PURE = [
     "agentrpc.catalog.constants",
@@ -35,31 +32,14 @@ ALLOWED = {
     "agentrpc.gossip.messages",
 }
 
-_PROBE = """
-import importlib, json, sys
-importlib.import_module(sys.argv[1])
-print(json.dumps({
-    "trio": "trio" in sys.modules,
-    "project": sorted(name for name in sys.modules if name.split(".")[0] == "agentrpc"),
-}))
-"""
-
 
 @pytest.mark.parametrize("module", CATALOG_PURE)
 def test_pure_catalog_module_imports_no_trio(module: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE, module],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    assert not result["trio"], f"import {module} loads trio"
+    loads_trio, project = imports_of(module)
+    assert not loads_trio, f"import {module} loads trio"
     outside = [
         name
-        for name in result["project"]
+        for name in sorted(project)
         if name not in ALLOWED and not name.startswith("agentrpc.protocol")
     ]
     assert not outside, f"import {module} loads modules that are not pure: {outside}"
