@@ -9,7 +9,9 @@ with the same name; unnamed broadcasts never replace anything.
 
 Broadcasts are opaque bytes here. `finished` callbacks run when a broadcast leaves the queue
 (sent for the last time, replaced, pruned or reset), after the queue is consistent again, so a
-callback may queue new broadcasts.
+callback may queue new broadcasts. The `on_queued` callback runs after every `queue`, also with
+the queue consistent: it is how a gossip loop that sleeps while nothing is queued learns that
+there is something to send.
 """
 
 from __future__ import annotations
@@ -75,14 +77,30 @@ def _order_key(entry: _Entry) -> tuple[int, int, int]:
 class BroadcastQueue:
     """Broadcasts waiting to be piggybacked on gossip and probe packets."""
 
-    __slots__ = ("_count", "_names", "_num_nodes", "_retransmit_mult", "_seq", "_tiers")
+    __slots__ = (
+        "_count",
+        "_names",
+        "_num_nodes",
+        "_on_queued",
+        "_retransmit_mult",
+        "_seq",
+        "_tiers",
+    )
 
-    def __init__(self, retransmit_mult: int, num_nodes: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        retransmit_mult: int,
+        num_nodes: Callable[[], int],
+        *,
+        on_queued: Callable[[], None] | None = None,
+    ) -> None:
         """`num_nodes` gives the current cluster size estimate, read on each
-        `get_broadcasts` to compute the retransmit limit."""
+        `get_broadcasts` to compute the retransmit limit; `on_queued` is called after each
+        `queue` (it must not raise)."""
         if retransmit_mult < 0:
             raise ValueError(f"retransmit_mult must not be negative, got {retransmit_mult}")
         self._retransmit_mult = retransmit_mult
+        self._on_queued = on_queued
         self._num_nodes = num_nodes
         self._tiers: dict[int, _Tier] = {}
         self._names: dict[str, _Entry] = {}
@@ -109,6 +127,8 @@ class BroadcastQueue:
         self._insert(entry)
         if replaced is not None:
             _notify([replaced])
+        if self._on_queued is not None:
+            self._on_queued()
 
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         """Payloads to send now, each costing `len(payload) + overhead` out of `limit` bytes.

@@ -125,6 +125,12 @@ class MemberlistDelegate(Protocol):
         """User messages to piggyback, each to be sent as a type-8 message."""
         ...
 
+    def has_broadcasts(self) -> bool:
+        """Whether :meth:`get_broadcasts` would give anything now. While it and memberlist's
+        own queue are empty the gossip loop sleeps: a delegate that gains broadcasts calls
+        the memberlist's ``wake_gossip`` (serf's pool does, from ``on_broadcast``)."""
+        ...
+
     def local_state(self, join: bool) -> bytes:
         """The user state for a push/pull (serf: type byte 2 + msgpack)."""
         ...

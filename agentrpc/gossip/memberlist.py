@@ -158,6 +158,7 @@ class Memberlist:
             awareness=self._awareness,
             on_suspicion_change=self._wake_suspicion_timer,
             on_conflict=conflict.notify_conflict if conflict is not None else None,
+            on_broadcast=self.wake_gossip,
             max_members=config.max_members,
         )
         self._net = MemberlistNet(
@@ -178,6 +179,7 @@ class Memberlist:
             logger,
             rng,
             push_pull=self._periodic_push_pull,
+            has_broadcasts=self._has_broadcasts,
         )
         self._advertise: GossipAddress | None = None
         self._bound_port = config.bind.port
@@ -296,6 +298,12 @@ class Memberlist:
         no piggybacked broadcasts, no CRC, encrypted like every packet). Best effort."""
         await self._net.send_messages(address, [bytes((MessageType.USER,)) + payload], crc=False)
 
+    def wake_gossip(self) -> None:
+        """Something was queued to gossip: the gossip loop, asleep while every broadcast
+        queue is empty, sends it on its next tick (the delegate calls this, see
+        :meth:`~agentrpc.gossip.contract.MemberlistDelegate.has_broadcasts`)."""
+        self._schedule.wake_gossip()
+
     @property
     def keyring(self) -> Keyring | None:
         """The keyring packets and streams are sealed and opened with (None: plaintext)."""
@@ -361,6 +369,9 @@ class Memberlist:
             for user in self._delegate.get_broadcasts(overhead + _USER_MSG_OVERHEAD, available):
                 messages.append(bytes((MessageType.USER,)) + user)
         return messages
+
+    def _has_broadcasts(self) -> bool:
+        return bool(self._table.broadcasts) or self._delegate.has_broadcasts()
 
     def _max_push_nodes(self) -> int:
         """Nodes an inbound push/pull may declare: what the table may hold."""

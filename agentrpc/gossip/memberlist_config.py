@@ -91,6 +91,8 @@ class MemberlistStats:
     """Completed state exchanges, in either direction."""
     push_pull_failures: int = 0
     """Outbound push/pulls (joins included) that failed."""
+    gossip_rounds: int = 0
+    """Rounds the gossip loop ran (it sleeps while nothing is queued to gossip)."""
     probes: int = 0
     failed_probes: int = 0
     """Probes that ended in a suspicion."""

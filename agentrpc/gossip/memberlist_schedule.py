@@ -11,7 +11,10 @@ change) and the packets of :class:`~agentrpc.gossip.memberlist_net.MemberlistNet
   a direct ack within the probe timeout goes to the config's ping delegate with its RTT and
   payload (serf's coordinates);
 * relayed probes: an indirect ping another node asked us for, answered with an ack or a nack;
-* the gossip loop: broadcasts packed into packets for ``gossip_nodes`` random peers;
+* the gossip loop: broadcasts packed into packets for ``gossip_nodes`` random peers; it
+  sleeps while no broadcast is queued (or nobody is there to gossip to) and, woken by
+  :meth:`Scheduler.wake_gossip`, goes on at the next tick of its schedule, so packets leave
+  when Go's ticker would send them, without waking an idle node 5 times a second;
 * the push/pull loop: a full state exchange with a random alive peer at the scaled interval;
 * the suspicion loop: sleeps until the earliest suspicion deadline and expires the table.
 
@@ -75,7 +78,9 @@ class Scheduler:
     """Probe, gossip, push/pull and suspicion timing of one memberlist (see the module).
 
     ``push_pull`` runs one periodic state exchange with an address (raising one of
-    :data:`~agentrpc.gossip.memberlist_net.PEER_ERRORS` when it fails).
+    :data:`~agentrpc.gossip.memberlist_net.PEER_ERRORS` when it fails); ``has_broadcasts``
+    says whether any broadcast waits to be gossiped (the gossip loop sleeps while it is
+    False, until :meth:`wake_gossip`).
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class Scheduler:
         rng: random.Random,
         *,
         push_pull: Callable[[GossipAddress], Awaitable[None]],
+        has_broadcasts: Callable[[], bool],
     ) -> None:
         self._name = config.name
         self._profile = config.profile
@@ -100,6 +106,8 @@ class Scheduler:
         self._log = log
         self._rng = rng
         self._push_pull = push_pull
+        self._has_broadcasts = has_broadcasts
+        self._gossip_wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._source_ip = b""
         self._source_port = 0
@@ -155,6 +163,10 @@ class Scheduler:
             return
         self._relays += 1
         nursery.start_soon(self._relay_probe, request, target, reply)
+
+    def wake_gossip(self) -> None:
+        """A broadcast was queued: a sleeping gossip loop goes on at its next tick."""
+        self._gossip_wakeup.set()
 
     def wake_suspicion_timer(self) -> None:
         """A suspicion started, changed or ended: recompute the next deadline."""
@@ -312,15 +324,41 @@ class Scheduler:
             await trio.sleep_until(tick)
 
     async def _gossip_loop(self) -> None:
-        if self._profile.gossip_interval <= 0 or self._profile.gossip_nodes <= 0:
+        """Go's gossip ticker, except that it stops while there is nothing to gossip: with
+        every queue empty, or nobody to send to, it waits for :meth:`wake_gossip` and goes
+        on at the first tick of the same schedule after the wake-up."""
+        interval = self._profile.gossip_interval
+        if interval <= 0 or self._profile.gossip_nodes <= 0:
             return
-        await self._every(self._profile.gossip_interval, self._gossip_once)
+        await trio.sleep(self._rng.random() * interval)
+        tick = trio.current_time()
+        while True:
+            sent = await self._gossip_once()
+            tick += interval
+            if not (sent and self._has_broadcasts()):
+                self._gossip_wakeup = trio.Event()
+                await self._gossip_wakeup.wait()
+                # The first tick of the schedule after the wake-up, as a ticker that ran on.
+                now = trio.current_time()
+                if tick < now:
+                    tick += math.ceil((now - tick) / interval) * interval
+            else:
+                now = trio.current_time()
+                if tick < now:  # a slow round: missed ticks collapse into one
+                    tick += math.floor((now - tick) / interval) * interval
+            await trio.sleep_until(tick)
 
-    async def _gossip_once(self) -> None:
+    async def _gossip_once(self) -> bool:
+        """One gossip round; False when there was nobody to gossip to or nothing to send."""
+        self._stats.gossip_rounds += 1
         now = trio.current_time()
-        for node in self._table.gossip_targets(self._profile.gossip_nodes, now):
+        if not self._has_broadcasts():
+            return False
+        targets = self._table.gossip_targets(self._profile.gossip_nodes, now)
+        for node in targets:
             if not await self._net.gossip(node.address, crc=accepts_crc(node.vsn)):
-                return
+                return False
+        return bool(targets)
 
     async def _push_pull_loop(self) -> None:
         interval = self._profile.push_pull_interval

@@ -171,13 +171,15 @@ class NodeTable:
         awareness: Awareness | None = None,
         on_suspicion_change: Callable[[], None] | None = None,
         on_conflict: Callable[[NodeInfo, NodeInfo], None] | None = None,
+        on_broadcast: Callable[[], None] | None = None,
         max_members: int = DEFAULT_MAX_MEMBERS,
     ) -> None:
         """``on_suspicion_change`` is called whenever a suspicion timer starts, stops or
         changes its deadline, so that the engine re-reads :meth:`next_suspicion_deadline`.
         ``on_conflict(existing, other)`` is memberlist's ``NotifyConflict``: an alive gave a
         known name another address while the known node is neither left nor reclaimable (the
-        message itself is refused). ``max_members`` bounds the node map (ourselves included)."""
+        message itself is refused). ``on_broadcast`` is called whenever a message is queued on
+        :attr:`broadcasts`. ``max_members`` bounds the node map (ourselves included)."""
         self._max_members = _check_max_members(max_members)
         self.refused_members = 0
         """Alive states about unknown nodes ignored because the map was full."""
@@ -197,7 +199,9 @@ class NodeTable:
         self._incarnation = 0
         self._local_vsn: Vsn = NO_VSN
         self.has_left = False
-        self.broadcasts = BroadcastQueue(profile.retransmit_mult, self.estimated_num_nodes)
+        self.broadcasts = BroadcastQueue(
+            profile.retransmit_mult, self.estimated_num_nodes, on_queued=on_broadcast
+        )
 
     # ----------------------------------------------------------------------------------------
     # The bound.

@@ -460,11 +460,13 @@ class SerfState:
         on_event: Callable[[MemberEvent], None] | None = None,
         rng: random.Random | None = None,
         keyring: Keyring | None = None,
+        on_broadcast: Callable[[], None] | None = None,
     ) -> None:
         """``clock`` gives the time in seconds for leave times, intent expiry, reaping and
         query deadlines; ``on_event`` hears every member event after the state has changed;
         ``rng`` draws query IDs and relay members; ``keyring`` is memberlist's (None without
-        encryption), which key queries change."""
+        encryption), which key queries change; ``on_broadcast`` is called whenever a message
+        is queued for :meth:`get_broadcasts` (memberlist's gossip loop sleeps until then)."""
         self._config = config
         self._tags = dict(config.tags)
         self._check_tags(self._tags)
@@ -484,7 +486,9 @@ class SerfState:
         """New members not added because the bound was reached with nobody to reap."""
         self.refused_intents = 0
         """Intents about unknown nodes not buffered because the buffer was full."""
-        self._broadcasts = BroadcastQueue(config.retransmit_mult, self.num_nodes)
+        self._broadcasts = BroadcastQueue(
+            config.retransmit_mult, self.num_nodes, on_queued=on_broadcast
+        )
         # Every clock starts at 1, so that a join intent's default LTime of 0 is never newer.
         self.clock = LamportClock(1)
         """The member clock: orders join and leave intents."""
@@ -494,8 +498,12 @@ class SerfState:
         """The query clock: orders queries."""
         self._rng = rng if rng is not None else random.Random()
         self._keyring = keyring
-        self._event_broadcasts = BroadcastQueue(config.retransmit_mult, self.num_nodes)
-        self._query_broadcasts = BroadcastQueue(config.retransmit_mult, self.num_nodes)
+        self._event_broadcasts = BroadcastQueue(
+            config.retransmit_mult, self.num_nodes, on_queued=on_broadcast
+        )
+        self._query_broadcasts = BroadcastQueue(
+            config.retransmit_mult, self.num_nodes, on_queued=on_broadcast
+        )
         self._recent_events = RecentEvents(config.event_buffer)
         self._recent_queries = RecentQueries(config.query_buffer)
         self.event_join_ignore = False
@@ -731,6 +739,10 @@ class SerfState:
             )
         if rebroadcast:
             self._queue_news(bytes(payload), queue)
+
+    def has_broadcasts(self) -> bool:
+        """Whether :meth:`get_broadcasts` has anything to give."""
+        return bool(self._broadcasts or self._query_broadcasts or self._event_broadcasts)
 
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         """Intents first, then queries, then user events, within ``limit`` (as serf)."""

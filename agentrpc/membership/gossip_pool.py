@@ -124,6 +124,11 @@ class SerfMemberlist(MemberlistHandle, Protocol):
         """Seal with the new primary key and open with any of the keys from now on."""
         ...
 
+    def wake_gossip(self) -> None:
+        """Serf queued a broadcast: gossip it on the next tick (the loop sleeps while every
+        queue is empty)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class PoolShutdown:
@@ -367,6 +372,9 @@ class _PoolDelegate:
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         return self._serf.get_broadcasts(overhead, limit)
 
+    def has_broadcasts(self) -> bool:
+        return self._serf.has_broadcasts()
+
     def local_state(self, join: bool) -> bytes:
         return self._serf.local_state(join)
 
@@ -428,6 +436,7 @@ class GossipPool:
             on_event=self._member_event,
             rng=self._rng,
             keyring=keyring,
+            on_broadcast=self._wake_gossip,
         )
         self._delegate = _PoolDelegate(self)
         self._log = logger
@@ -464,6 +473,11 @@ class GossipPool:
     @property
     def memberlist(self) -> SerfMemberlist | None:
         return self._memberlist
+
+    def _wake_gossip(self) -> None:
+        memberlist = self._memberlist
+        if memberlist is not None:
+            memberlist.wake_gossip()
 
     def attach(self, memberlist: SerfMemberlist) -> None:
         """Give the pool the memberlist built over :attr:`delegate` (once)."""

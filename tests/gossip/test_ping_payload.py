@@ -58,6 +58,9 @@ class Delegate:
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         return []
 
+    def has_broadcasts(self) -> bool:
+        return False
+
     def local_state(self, join: bool) -> bytes:
         return b""
 

@@ -420,3 +420,20 @@ def test_many_replacements_in_one_bucket() -> None:
         b"old%02d" % i for i in reversed(range(50, 60))
     ]
     assert len(q) == 0
+
+
+def test_on_queued_runs_after_every_queue_with_the_queue_consistent() -> None:
+    """The gossip loop sleeps until this hook: it must fire for every queue (a replacement
+    too), and only then, seeing the new broadcast already counted."""
+    seen: list[int] = []
+    finished = Finished()
+    queue = BroadcastQueue(4, Cluster(3), on_queued=lambda: seen.append(len(queue)))
+    queue.queue(finished.broadcast(b"a", "node1"))
+    queue.queue(finished.broadcast(b"b"))
+    queue.queue(finished.broadcast(b"a2", "node1"))  # replaces the first
+    assert seen == [1, 2, 2]
+    assert finished.done == [b"a"]
+    queue.get_broadcasts(0, 1000)
+    queue.prune(0)
+    queue.reset()
+    assert seen == [1, 2, 2]  # taking, pruning and resetting queue nothing

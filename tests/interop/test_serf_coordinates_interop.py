@@ -63,6 +63,9 @@ class SerfPeerDelegate:
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         return []
 
+    def has_broadcasts(self) -> bool:
+        return False
+
     def local_state(self, join: bool) -> bytes:
         return b""
 

@@ -63,6 +63,9 @@ class RecordingDelegate:
             out.append(message)
         return out
 
+    def has_broadcasts(self) -> bool:
+        return bool(self.outgoing)
+
     def local_state(self, join: bool) -> bytes:
         return self.user_state
 

@@ -411,6 +411,7 @@ async def test_send_reliable_and_delegate_broadcasts_reach_the_other_node(
     with pytest.raises(OSError):
         await a.memberlist.send_reliable("nobody", b"x")
     a.delegate.outgoing.append(b"gossiped")
+    a.memberlist.wake_gossip()  # the delegate's side of the contract: its loop may sleep
     await wait_until(
         lambda: b"gossiped" in b.delegate.messages or b"gossiped" in c.delegate.messages,
         timeout=2,

@@ -198,6 +198,7 @@ class FakeMemberlist:
         """When set, ``leave`` never returns (to test the caller's bound)."""
         self.keyring: Keyring | None = None
         self.keyrings_set: list[Keyring] = []
+        self.gossip_wakeups = 0
 
     # ---------------------------------------------------------------- test controls
 
@@ -346,6 +347,10 @@ class FakeMemberlist:
     def set_keyring(self, keyring: Keyring) -> None:
         self.keyring = keyring
         self.keyrings_set.append(keyring)
+
+    def wake_gossip(self) -> None:
+        """The fake gossips only when a test pumps it, so a wake-up is only counted."""
+        self.gossip_wakeups += 1
 
     def conflict(self, other: NodeInfo) -> None:
         """Memberlist saw an alive message giving a known name another address."""

@@ -241,6 +241,32 @@ async def test_a_successful_join_gossips_a_join_intent(
     assert me_at_a.status_ltime == me_at_b.status_ltime > 0
 
 
+async def test_each_serf_broadcast_wakes_the_gossip_loop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Memberlist's gossip loop sleeps while nothing is queued: every queue of serf's (intents,
+    user events, queries) must wake it, and ``has_broadcasts`` must say what is left."""
+    pools = Pools("ab")
+    pool, node = pools.pools["a"], pools.nodes["a"]
+    assert not pool.serf.has_broadcasts()
+    await pool.join([pools.address("b")])
+    assert pool.serf.has_broadcasts()
+    woken = node.gossip_wakeups
+    assert woken >= 1
+    pools.network.settle()
+    assert not pool.serf.has_broadcasts()
+
+    await pool.user_event("deploy", b"v2")
+    assert node.gossip_wakeups == woken + 1 and pool.serf.has_broadcasts()
+    pools.network.settle()
+    assert not pool.serf.has_broadcasts()
+
+    async with pool.query("ping", b"", timeout=1.0):
+        assert node.gossip_wakeups == woken + 2 and pool.serf.has_broadcasts()
+    pools.network.settle()
+    assert not pool.serf.has_broadcasts()
+
+
 async def test_join_is_refused_after_leave_and_without_memberlist(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
