@@ -25,6 +25,7 @@ error is logged and returned, anti-entropy retries).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -111,6 +112,7 @@ class LocalAgent:
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
         self._server_up = trio.Event()
+        self._deferral_wake = trio.Event()
         self._ttl_deadlines: dict[str, float] = {}
         self._ttl_wake = trio.Event()
         self._sync_lock = trio.Lock()
@@ -314,7 +316,7 @@ class LocalAgent:
         definition = self.definitions.get(check_id)
         if definition is None or definition.kind != CHECK_KIND_TTL:
             raise LocalAgentError(f'CheckID "{check_id}" does not have associated TTL')
-        self.state.update_check(check_id, status, note, self._clock(), self._rng.random())
+        self._update_check(check_id, status, note, self._clock(), self._rng.random())
         self._ttl_deadlines[check_id] = self._clock() + definition.ttl_ns / 1e9
         self._ttl_wake.set()
 
@@ -375,7 +377,7 @@ class LocalAgent:
                         f"agent:check-ok:{check_id}",
                         f"agent: Check '{clip(check_id)}' is {status}",
                     )
-                self.state.update_check(check_id, status, output, self._clock(), self._rng.random())
+                self._update_check(check_id, status, output, self._clock(), self._rng.random())
                 await trio.sleep(interval)
 
     async def _ttl_watcher(self) -> None:
@@ -405,17 +407,22 @@ class LocalAgent:
             if not last
             else f"{TTL_EXPIRED} (last output before timeout follows): {last}"
         )
-        self.state.update_check(
-            check_id, HEALTH_CRITICAL, output, self._clock(), self._rng.random()
-        )
+        self._update_check(check_id, HEALTH_CRITICAL, output, self._clock(), self._rng.random())
+
+    def _update_check(
+        self, check_id: str, status: str, output: str, now: float, stagger: float
+    ) -> None:
+        """The state's ``update_check``; an output change it defers wakes the deferral loop."""
+        if self.state.update_check(check_id, status, output, now, stagger):
+            self._deferral_wake.set()
 
     async def _deferral_loop(self) -> None:
+        """Fires the deferred output syncs when they are due; asleep while none is pending."""
         while True:
+            self._deferral_wake = trio.Event()
             due = self.state.next_deferral()
-            if due is None:
-                await trio.sleep(1.0)
-                continue
-            await trio.sleep_until(due)
+            with trio.move_on_at(due if due is not None else math.inf):
+                await self._deferral_wake.wait()
             self.state.fire_deferrals(self._clock())
 
     async def _reaper(self) -> None:

@@ -133,6 +133,8 @@ class ConnectionPool:
         self._local_call: LocalCall | None = None
         self._nursery: trio.Nursery | None = None
         self._closed = trio.Event()
+        self._pooled = trio.Event()
+        """Set when a connection is pooled: the reaper sleeps while the pool is empty."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -163,6 +165,9 @@ class ConnectionPool:
         until ``scope`` is cancelled (when the pool closes)."""
         with scope:
             while True:
+                if not self._conns:
+                    self._pooled = trio.Event()
+                    await self._pooled.wait()
                 await trio.sleep(min(REAP_INTERVAL, self.max_idle))
                 now = trio.current_time()
                 for conn in list(self._conns.values()):
@@ -299,6 +304,7 @@ class ConnectionPool:
             del self._dialing[key]
             dialed.set()
         self._conns[key] = conn
+        self._pooled.set()
         return conn
 
     async def _dial(self, key: str, address: Address) -> _PeerConnection:

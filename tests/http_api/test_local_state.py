@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import random
+from typing import Any
 
 import h11
 import pytest
@@ -320,3 +322,53 @@ def test_ae_scale_grows_by_one_interval_per_doubling_past_128(members: int) -> N
     else:
         assert scaled / 60.0 == int(scaled / 60.0) >= 2
         assert ae_scale(60.0, members * 2) == scaled + 60.0 or members * 2 > 100_000 * 2
+
+
+async def test_a_deferred_output_syncs_when_due_even_behind_a_later_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The deferral loop sleeps until the earliest deferral and is woken by new ones, so an
+    output change due sooner than the one pending is not held back until the later one."""
+    registered: list[tuple[float, str]] = []
+
+    async def call(method: str, args: Any) -> object:
+        await trio.lowlevel.checkpoint()
+        if method == "Catalog.NodeServices":
+            return {"NodeServices": None}
+        if method == "Health.NodeChecks":
+            return {"HealthChecks": None}
+        if method == "Catalog.Register":
+            for check in args.get("Checks") or ():
+                registered.append((trio.current_time(), check["Output"]))
+        return {}
+
+    class Staggers(random.Random):
+        """Gives the test's staggers, in order, then 0.5."""
+
+        values: tuple[float, ...] = ()
+
+        def random(self) -> float:
+            if self.values:
+                first, *rest = self.values
+                self.values = tuple(rest)
+                return first
+            return 0.5
+
+    state = LocalState("n1", datacenter="dc1", address="10.0.0.1", check_update_interval=10.0)
+    staggers = Staggers(0)
+    local = LocalAgent(state, call, ae_interval=1e6, rng=staggers)
+    local.add_check(parse_check({"name": "late", "ttl": "1h"}))
+    local.add_check(parse_check({"name": "soon", "ttl": "1h"}))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(local.run)
+        await trio.sleep(30)  # the first sync is done
+        start = trio.current_time()
+        staggers.values = (0.9, 0.0)
+        local.update_ttl("late", "critical", "late output")  # due in 5 + 0.9 * 10 s
+        await trio.sleep(2)  # the loop now waits for that one
+        local.update_ttl("soon", "critical", "soon output")  # due in 5 s: at 7
+        await trio.sleep(20)
+        nursery.cancel_scope.cancel()
+    when = {output: at - start for at, output in registered}
+    assert 7 <= when["soon output"] < 7.5
+    assert 14 <= when["late output"] < 14.5

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -148,6 +149,23 @@ async def test_an_idle_connection_is_reaped_but_not_one_with_a_call_in_flight() 
         assert pool.stats.reaped == 1
         assert await pool.call(running.address, "Status.Ping", {}) == {}
         assert pool.stats.dials == 2
+
+
+async def test_an_empty_pool_arms_no_timer_and_reaps_what_is_pooled_later() -> None:
+    """The reaper sleeps while the pool is empty (an idle agent wakes for nothing), and a
+    connection pooled after that is still reaped."""
+    async with open_connection_pool(call_timeout=5, max_idle=0.5) as pool:
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio.lowlevel.current_statistics().seconds_to_next_deadline == math.inf
+        async with running_port() as running:
+            for round_ in (1, 2):
+                await pool.ping(running.address)
+                with trio.fail_after(10):
+                    while pool.connection_count:  # noqa: ASYNC110 - the reaper's own clock
+                        await trio.sleep(0.05)
+                assert pool.stats.reaped == round_
+                await trio.testing.wait_all_tasks_blocked()
+                assert pool.connection_count == 0
 
 
 async def test_broken_connection_is_dropped_and_redialled() -> None:
