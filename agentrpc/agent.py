@@ -68,6 +68,7 @@ from .membership import (
 )
 from .membership.gossip_pool import MemberEvent, member_change
 from .protocol.bodies import Member
+from .protocol.codec import ParserPool
 from .raft.engine import RaftEngine
 from .raft.transport import Dialer, tls_dialer
 from .rpc_connection import AsyncHandler, EngineLimits, InstantHandler, RPCConnection, RPCStats
@@ -262,6 +263,8 @@ class Agent:
         """A server's node ID (its Raft server ID; kept in ``data_dir/node-id``)."""
         self.send_budget = SharedBudget(config.agent_send_bytes)
         """Queued output bytes of every connection together (agent RPC and server port)."""
+        self.parser_pool = ParserPool()
+        """Idle msgpack parsers shared by the agent's RPC connections (both dialects)."""
         self.limits = limits_from(config)
         self.started_at = 0.0
         self.rpc_addresses: list[Address] = []

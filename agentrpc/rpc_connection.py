@@ -32,7 +32,14 @@ from .budget import DEFAULT_CONNECTION_BYTES, ConnectionBudget, SharedBudget
 from .log_protocol import DEBUG, WARN, LogLike, clip
 from .logs import LogSubscription
 from .protocol.bodies import BODY_DECODERS
-from .protocol.codec import PAUSED, READ_SIZE, Request, RequestDecoder, ResponseEncoder
+from .protocol.codec import (
+    PAUSED,
+    READ_SIZE,
+    ParserPool,
+    Request,
+    RequestDecoder,
+    ResponseEncoder,
+)
 from .protocol.constants import DEFAULT_MAX_FRAME_SIZE, ERR_SHUTTING_DOWN, ERROR_BODIES
 from .protocol.errors import ProtocolError
 from .protocol.rpc_session import (
@@ -43,7 +50,7 @@ from .protocol.rpc_session import (
     Kind,
     RPCSession,
 )
-from .transports.fastpath import nowait_sender, receiver
+from .transports.fastpath import nowait_sender, split_receiver
 
 Reply = tuple[str, Any]
 """A handler's answer: (Error, body or None)."""
@@ -142,6 +149,11 @@ class RPCServices(Protocol):
     @property
     def send_budget(self) -> SharedBudget | None:
         """The agent-wide budget of queued output bytes that every connection draws on."""
+        ...
+
+    @property
+    def parser_pool(self) -> ParserPool | None:
+        """The agent's idle msgpack parsers, which its connections take and give back."""
         ...
 
     def subscribe_log(self, min_level: int, queue_size: int) -> LogSubscription: ...
@@ -353,8 +365,16 @@ class RPCConnection:
         ``stop``, :meth:`RequestDecoder.pull`) is written at once when the writer is idle
         (the rest of what the OS does not take goes to the writer); the first request that
         needs the session sends the batch through :meth:`_answer_requests`."""
-        receive = receiver(self.stream, self._limits.spin_us)
-        decoder = RequestDecoder(self._limits.max_frame_size, body_decoders=BODY_DECODERS)
+        try_receive, receive = split_receiver(self.stream, self._limits.spin_us)
+        # The parser is kept while the client keeps sending and let go only before a wait
+        # (an idle connection holds none).
+        decoder = RequestDecoder(
+            self._limits.max_frame_size,
+            body_decoders=BODY_DECODERS,
+            keep_parser=True,
+            parsers=self._services.parser_pool,
+        )
+        release_idle = decoder.release_idle
         pull = decoder.pull
         session = self._session
         stats = self._stats
@@ -364,7 +384,10 @@ class RPCConnection:
         while True:
             if idle_checks:
                 self._arm_idle_deadline()
-            data = await receive(READ_SIZE)
+            data: bytes | bytearray | None = try_receive(READ_SIZE)
+            if data is None:
+                release_idle()
+                data = await receive(READ_SIZE)
             if not data:
                 return EndReason.EOF
             decoder.feed(data)

@@ -19,7 +19,7 @@ import trio
 from .budget import SharedBudget
 from .log_protocol import LogLike
 from .logs import LogSubscription
-from .protocol.codec import Request
+from .protocol.codec import ParserPool, Request
 from .protocol.rpc_session import Decision
 from .rpc_connection import (
     AsyncHandler,
@@ -78,6 +78,10 @@ class SerfServices:
     @property
     def send_budget(self) -> SharedBudget | None:
         return self._agent.send_budget
+
+    @property
+    def parser_pool(self) -> ParserPool | None:
+        return self._agent.parser_pool
 
     def subscribe_log(self, min_level: int, queue_size: int) -> LogSubscription:
         return self._agent.subscribe_log(min_level, queue_size)

@@ -13,6 +13,10 @@ socket waits in the event loop, so a read that finds data costs no pass through 
 cancellation in. With ``spin_us`` the empty socket is polled that long before the wait (an
 opt-in trade of CPU for latency, see ``docs/performance.md``). Any other stream (memory, TLS)
 reads with its own ``receive_some``.
+
+A reader that wants to do something only when it is about to wait (the RPC engine lets its
+parser go then) uses :func:`split_receiver`: a synchronous attempt that gives the bytes the
+socket has now, or None, then the awaiting read, which does not repeat a failed attempt.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ READS_BEFORE_YIELD: Final = 64
 
 Receive = Callable[[int], Awaitable[bytes | bytearray]]
 """Reads at most that many bytes; ``b""`` at EOF (the contract of ``receive_some``)."""
+TryReceive = Callable[[int], bytes | None]
+"""Reads at most that many bytes without waiting: None when the caller must await its
+:data:`Receive` (nothing there now, or a schedule point is due); ``b""`` at EOF."""
 
 
 def nowait_sender(stream: trio.abc.Stream) -> Callable[[bytes], int | None]:
@@ -70,6 +77,20 @@ def receiver(stream: trio.abc.Stream, spin_us: int = 0) -> Receive:
     return stream.receive_some
 
 
+def split_receiver(stream: trio.abc.Stream, spin_us: int = 0) -> tuple[TryReceive, Receive]:
+    """:func:`receiver` in two steps, ``(try_receive, receive)``: call ``try_receive`` first
+    and await ``receive`` only when it gave None. On any stream but a plain socket stream
+    ``try_receive`` always gives None. The caller must be the stream's only reader."""
+    if type(stream) is trio.SocketStream:
+        socket_receiver = SocketReceiver(stream, spin_us)
+        return socket_receiver.try_receive, socket_receiver.receive
+    return _nothing_now, stream.receive_some
+
+
+def _nothing_now(max_bytes: int) -> None:
+    return None
+
+
 def _stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
     if exc.errno == errno.EBADF:
         return trio.ClosedResourceError("the socket was closed")
@@ -79,30 +100,49 @@ def _stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourc
 class SocketReceiver:
     """Reads a socket stream's file descriptor: try first, wait only when it is empty."""
 
-    __slots__ = ("_fd", "_spin", "_streak")
+    __slots__ = ("_empty", "_fd", "_spin", "_streak")
 
     def __init__(self, stream: trio.SocketStream, spin_us: int = 0) -> None:
         self._fd = stream.socket.fileno()
         self._spin = spin_us / 1e6
         self._streak = 0
+        self._empty = False  # try_receive just found the socket empty
+
+    def try_receive(self, max_bytes: int) -> bytes | None:
+        """The bytes the socket has now (``b""`` at EOF), or None: it is empty, or a schedule
+        point is due; then await :meth:`receive`. Raises as :meth:`receive` does."""
+        if self._streak >= READS_BEFORE_YIELD:
+            return None
+        try:
+            data = os.read(self._fd, max_bytes)
+        except BlockingIOError:
+            self._empty = True
+            return None
+        except OSError as exc:
+            raise _stream_error(exc) from None
+        self._streak += 1
+        return data
 
     async def receive(self, max_bytes: int) -> bytes:
         """At most ``max_bytes`` bytes, ``b""`` at EOF; ``trio.BrokenResourceError`` when
         the connection broke (``ClosedResourceError`` once the socket is closed)."""
         fd = self._fd
-        if self._streak >= READS_BEFORE_YIELD:
-            # Many reads found data in a row: let the others run (and a cancellation in).
-            self._streak = 0
-            await trio.lowlevel.checkpoint()
-        try:
-            data = os.read(fd, max_bytes)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            raise _stream_error(exc) from None
+        if self._empty:
+            self._empty = False  # try_receive found it empty just now: do not try again
         else:
-            self._streak += 1
-            return data
+            if self._streak >= READS_BEFORE_YIELD:
+                # Many reads found data in a row: let the others run (and a cancellation in).
+                self._streak = 0
+                await trio.lowlevel.checkpoint()
+            try:
+                data = os.read(fd, max_bytes)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise _stream_error(exc) from None
+            else:
+                self._streak += 1
+                return data
         if self._spin:
             spun = self._spin_read(max_bytes)
             if spun is not None:

@@ -109,12 +109,44 @@ OK_HEADER_PREFIX: Final = b"\x82\xa5Error\xa0\xa3Seq"
 """A success reply header ``{Error: "", Seq: ...}`` up to its Seq (keys in sorted order)."""
 _STOP: Final = "stop"
 SPARE_UNPACKERS: Final = 16
-"""Idle msgpack parsers kept for reuse, per frame-size limit (:meth:`RequestDecoder.feed`)."""
+"""Idle msgpack parsers a :class:`ParserPool` keeps, per frame-size limit."""
 SPARE_BUFFER: Final = 16 * 1024
 """A parser that had to hold more than this many bytes is not kept (its buffer grew)."""
-_SPARES: dict[int, list[Any]] = {}
-"""Frame-size limit -> idle parsers with no partial object and a small buffer. Shared by the
-decoders of one process (a plain cache: the parsers hold no bytes and no state)."""
+
+
+class ParserPool:
+    """Idle msgpack parsers for the decoders of one owner (an agent's RPC listeners), so that
+    a connection that waits between batches does not build one per read (about 1.5 us).
+
+    Only parsers with no partial object and a small buffer are given back; at most
+    ``limit`` are kept per frame-size limit, so the pool holds at most ``limit`` times the
+    ~45 KiB of msgpack's parser state for each limit in use. Not thread-safe (one event loop).
+    """
+
+    __slots__ = ("_spares", "limit")
+
+    def __init__(self, limit: int = SPARE_UNPACKERS) -> None:
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        self.limit = limit
+        self._spares: dict[int, list[Any]] = {}
+
+    def take(self, max_frame_size: int) -> Any:
+        """An idle parser for that frame-size limit, or a new one."""
+        spares = self._spares.get(max_frame_size)
+        return spares.pop() if spares else bounded_unpacker(max_frame_size)
+
+    def give(self, max_frame_size: int, parser: Any) -> None:
+        """Keep an idle parser (no partial object, small buffer) unless the pool is full."""
+        spares = self._spares.setdefault(max_frame_size, [])
+        if len(spares) < self.limit:
+            spares.append(parser)
+
+    def idle(self, max_frame_size: int) -> int:
+        """Parsers kept for that frame-size limit."""
+        return len(self._spares.get(max_frame_size, ()))
+
+
 PULL_BYTES: Final = 8 * 1024
 """Bytes of requests one :meth:`RequestDecoder.pull` answers at most before it returns
 :data:`PAUSED` (some 400 ``stop`` requests, well under a millisecond), so that the caller can
@@ -137,7 +169,9 @@ class RequestDecoder:
         "_body_decoders",
         "_complete",
         "_fed",
+        "_keep",
         "_pack_seq",
+        "_parsers",
         "_pending",
         "_small",
         "_unpacker",
@@ -150,10 +184,16 @@ class RequestDecoder:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         *,
         body_decoders: Mapping[str, Callable[[Any], Any]] | None = None,
+        keep_parser: bool = False,
+        parsers: ParserPool | None = None,
     ) -> None:
         """``body_decoders`` (command -> function) turn each body into its command's type as
         it arrives (a malformed one raises :class:`ProtocolError` naming its Seq and command);
-        without them bodies are yielded as msgpack decoded them."""
+        without them bodies are yielded as msgpack decoded them. The parser is let go when
+        the buffer holds no byte of a request; with ``keep_parser``, only at
+        :meth:`release_idle` (a reader calls it before it waits for more bytes, so a
+        connection that keeps sending keeps its parser). With ``parsers``, the parser comes
+        from that pool and goes back to it."""
         if max_frame_size < 64:
             raise ValueError("max_frame_size must be at least 64 bytes")
         self.max_frame_size = max_frame_size
@@ -165,6 +205,8 @@ class RequestDecoder:
         self._complete = 0
         self._pending: tuple[str, int, str | None] | None = None
         self._small = True
+        self._keep = keep_parser
+        self._parsers = parsers
         self._pack_seq: Callable[[int], bytes] = msgpack.Packer(buf_size=32).pack
         self.answered = 0
         """Requests :meth:`pull` answered by itself (the caller counts and resets it)."""
@@ -173,9 +215,11 @@ class RequestDecoder:
         """Append bytes received from the peer."""
         unpacker = self._unpacker
         if unpacker is None:
-            spares = _SPARES.get(self.max_frame_size)
+            parsers = self._parsers
             unpacker = self._unpacker = (
-                spares.pop() if spares else bounded_unpacker(self.max_frame_size)
+                parsers.take(self.max_frame_size)
+                if parsers is not None
+                else bounded_unpacker(self.max_frame_size)
             )
             # Offsets are the unpacker's own (a spare one has counted bytes before).
             self._fed = self._complete = unpacker.tell()
@@ -189,17 +233,19 @@ class RequestDecoder:
             raise self._too_large() from None
         self._fed += size
 
+    def release_idle(self) -> None:
+        """Let the parser go if its buffer holds no byte of an unfinished object (a header
+        waiting for its body is kept apart); a no-op otherwise."""
+        if self._unpacker is not None and self._complete == self._fed:
+            self._release()
+
     def _release(self) -> None:
-        """The last object ended the data: an idle connection keeps no parser. A parser whose
-        buffer stayed small is kept for the next decoder that needs one (making one costs
-        about a microsecond and a half, at every read of a connection that waits between
-        batches)."""
+        """No byte of an unfinished object is buffered: an idle connection keeps no parser.
+        One whose buffer stayed small goes back to the pool, if the decoder has one."""
         unpacker = self._unpacker
         self._unpacker = None
-        if self._small:
-            spares = _SPARES.setdefault(self.max_frame_size, [])
-            if len(spares) < SPARE_UNPACKERS:
-                spares.append(unpacker)
+        if self._small and self._parsers is not None:
+            self._parsers.give(self.max_frame_size, unpacker)
 
     def _too_large(self) -> FrameTooLarge:
         pending = self._pending
@@ -315,7 +361,7 @@ class RequestDecoder:
         self.answered += len(out) - before
         if command is not None:
             self._pending = (command, seq, token)
-        elif end == self._fed:
+        elif end == self._fed and not self._keep:
             self._release()
         return None
 
@@ -336,7 +382,7 @@ class RequestDecoder:
                 return Request(command, seq, token, None)
         except WIRE_ERRORS as exc:
             raise self._undecodable(exc) from None
-        if self._complete == self._fed:
+        if self._complete == self._fed and not self._keep:
             self._release()
         return None
 

@@ -11,6 +11,7 @@ from typing import Any
 import msgpack
 import pytest
 import trio
+import trio.testing
 from rpc_helpers import RawConnection, poll_until, running_agent
 
 from agentrpc.agent import limits_from
@@ -19,6 +20,8 @@ from agentrpc.protocol.bodies import BODY_DECODERS
 from agentrpc.protocol.codec import (
     PAUSED,
     PULL_BYTES,
+    SPARE_BUFFER,
+    ParserPool,
     Request,
     RequestDecoder,
     Response,
@@ -28,7 +31,12 @@ from agentrpc.protocol.errors import ProtocolError
 from agentrpc.protocol.rpc_session import RPCSession
 from agentrpc.rpc_connection import FLUSH_BYTES
 from agentrpc.serf_session import SerfSession
-from agentrpc.transports.fastpath import READS_BEFORE_YIELD, SocketReceiver, receiver
+from agentrpc.transports.fastpath import (
+    READS_BEFORE_YIELD,
+    SocketReceiver,
+    receiver,
+    split_receiver,
+)
 from agentrpc.transports.memory import memory_stream_pair
 
 OK = ResponseEncoder().header
@@ -160,13 +168,16 @@ def test_a_long_run_of_stops_pauses_so_the_engine_can_let_others_run() -> None:
 
 
 def test_parsers_are_reused_and_never_while_a_request_is_partial() -> None:
-    first, second = decoder(), decoder()
+    pool = ParserPool()
+    first, second = (RequestDecoder(body_decoders=BODY_DECODERS, parsers=pool) for _ in "ab")
     data = stop(2) + stop(3)
     first.feed(data)
     out: list[bytes] = []
     assert first.pull(out, True) is None  # the buffer ended on a boundary: released
+    assert pool.idle(first.max_frame_size) == 1
     # A second decoder takes the spare parser; its offsets are that parser's own.
     second.feed(data[:10])
+    assert pool.idle(first.max_frame_size) == 0
     assert second.pull(out, True) is None
     first.feed(data[:20])
     assert first.pull(out, True) is None
@@ -175,6 +186,26 @@ def test_parsers_are_reused_and_never_while_a_request_is_partial() -> None:
     assert second.pull(out, True) is None
     assert first.pull(out, True) is None
     assert out == [OK(2), OK(3)] * 3
+    assert pool.idle(first.max_frame_size) == 2
+
+
+def test_a_parser_pool_is_bounded_and_keeps_no_grown_parser() -> None:
+    pool = ParserPool(limit=2)
+    decoders = [RequestDecoder(body_decoders=BODY_DECODERS, parsers=pool) for _ in range(4)]
+    out: list[bytes] = []
+    for dec in decoders:
+        dec.feed(stop(1)[:3])  # each holds its own parser now
+    for dec in decoders:
+        dec.feed(stop(1)[3:])
+        assert dec.pull(out, True) is None
+    assert pool.idle(decoders[0].max_frame_size) == 2  # the other two were dropped
+    big = RequestDecoder(body_decoders=BODY_DECODERS, parsers=ParserPool())
+    payload = frame("event", 1, {"Name": "x", "Payload": b"p" * (SPARE_BUFFER + 1)})
+    big.feed(payload)
+    assert [r.command for r in pull_all(big, out)] == ["event"]
+    assert big._parsers is not None and big._parsers.idle(big.max_frame_size) == 0
+    with pytest.raises(ValueError):
+        ParserPool(limit=-1)
 
 
 # ----------------------------------------------------------------------------- the session
@@ -376,6 +407,58 @@ async def test_reads_that_find_data_still_let_others_run_and_a_cancel_in() -> No
     assert reads <= READS_BEFORE_YIELD
     left.close()
     right.close()
+
+
+async def test_the_split_receiver_tries_now_and_waits_only_when_told() -> None:
+    left, right = trio.socket.socketpair()
+    try_receive, receive = split_receiver(trio.SocketStream(left))
+    assert try_receive(100) is None  # empty: await receive
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(right.send, b"later")
+            assert await receive(100) == b"later"  # no second attempt, it waited
+    await right.send(b"now")
+    assert try_receive(100) == b"now"
+    # Reads that found data count toward the schedule point: then try_receive says wait,
+    # and receive lets others run before it reads.
+    await right.send(b"x" * 2 * READS_BEFORE_YIELD)
+    got = sum(try_receive(1) is not None for _ in range(READS_BEFORE_YIELD))
+    assert got == READS_BEFORE_YIELD - 1  # the read of b"now" counted too
+    assert try_receive(1) is None
+    with trio.testing.assert_checkpoints():
+        assert await receive(1) == b"x"
+    assert try_receive(1) == b"x"
+    right.close()
+    while (data := try_receive(1000)) is not None and data:
+        pass
+    assert data == b""  # EOF is b"", not None
+    left.close()
+
+
+async def test_a_split_receiver_of_another_stream_always_waits() -> None:
+    a, b = memory_stream_pair()
+    try_receive, receive = split_receiver(a)
+    await b.send_all(b"data")
+    assert try_receive(100) is None
+    assert await receive(100) == b"data"
+
+
+def test_a_kept_parser_is_let_go_only_when_nothing_is_partial() -> None:
+    dec = RequestDecoder(body_decoders=BODY_DECODERS, keep_parser=True)
+    out: list[bytes] = []
+    dec.feed(stop(1))
+    assert pull_all(dec, out) == [] and out == [OK(1)]
+    assert dec._unpacker is not None  # kept while the client keeps sending
+    dec.feed(stop(2)[:3])
+    assert pull_all(dec, out) == []
+    dec.release_idle()
+    assert dec._unpacker is not None  # a partial frame is never dropped
+    dec.feed(stop(2)[3:])
+    assert pull_all(dec, out) == [] and out == [OK(1), OK(2)]
+    dec.release_idle()
+    assert dec._unpacker is None  # idle: msgpack's parser state is let go
+    dec.feed(frame("stats", 3))
+    assert pull_all(dec, out) == [Request("stats", 3, "", None)]
 
 
 async def test_memory_streams_keep_their_own_receive() -> None:
