@@ -131,16 +131,10 @@ class ParserPool:
         self.limit = limit
         self._spares: dict[int, list[Any]] = {}
 
-    def take(self, max_frame_size: int) -> Any:
-        """An idle parser for that frame-size limit, or a new one."""
-        spares = self._spares.get(max_frame_size)
-        return spares.pop() if spares else bounded_unpacker(max_frame_size)
-
-    def give(self, max_frame_size: int, parser: Any) -> None:
-        """Keep an idle parser (no partial object, small buffer) unless the pool is full."""
-        spares = self._spares.setdefault(max_frame_size, [])
-        if len(spares) < self.limit:
-            spares.append(parser)
+    def shelf(self, max_frame_size: int) -> list[Any]:
+        """The idle parsers for that frame-size limit: a decoder pops one (when there is
+        one) and appends it back while the list is shorter than :attr:`limit`."""
+        return self._spares.setdefault(max_frame_size, [])
 
     def idle(self, max_frame_size: int) -> int:
         """Parsers kept for that frame-size limit."""
@@ -171,9 +165,10 @@ class RequestDecoder:
         "_fed",
         "_keep",
         "_pack_seq",
-        "_parsers",
         "_pending",
         "_small",
+        "_spare_limit",
+        "_spares",
         "_unpacker",
         "answered",
         "max_frame_size",
@@ -206,7 +201,9 @@ class RequestDecoder:
         self._pending: tuple[str, int, str | None] | None = None
         self._small = True
         self._keep = keep_parser
-        self._parsers = parsers
+        # The pool's list for this limit, used directly: two calls fewer per batch.
+        self._spares = parsers.shelf(max_frame_size) if parsers is not None else None
+        self._spare_limit = parsers.limit if parsers is not None else 0
         self._pack_seq: Callable[[int], bytes] = msgpack.Packer(buf_size=32).pack
         self.answered = 0
         """Requests :meth:`pull` answered by itself (the caller counts and resets it)."""
@@ -215,11 +212,9 @@ class RequestDecoder:
         """Append bytes received from the peer."""
         unpacker = self._unpacker
         if unpacker is None:
-            parsers = self._parsers
+            spares = self._spares
             unpacker = self._unpacker = (
-                parsers.take(self.max_frame_size)
-                if parsers is not None
-                else bounded_unpacker(self.max_frame_size)
+                spares.pop() if spares else bounded_unpacker(self.max_frame_size)
             )
             # Offsets are the unpacker's own (a spare one has counted bytes before).
             self._fed = self._complete = unpacker.tell()
@@ -236,16 +231,21 @@ class RequestDecoder:
     def release_idle(self) -> None:
         """Let the parser go if its buffer holds no byte of an unfinished object (a header
         waiting for its body is kept apart); a no-op otherwise."""
-        if self._unpacker is not None and self._complete == self._fed:
-            self._release()
+        unpacker = self._unpacker
+        if unpacker is not None and self._complete == self._fed:
+            self._unpacker = None
+            spares = self._spares
+            if self._small and spares is not None and len(spares) < self._spare_limit:
+                spares.append(unpacker)
 
     def _release(self) -> None:
         """No byte of an unfinished object is buffered: an idle connection keeps no parser.
-        One whose buffer stayed small goes back to the pool, if the decoder has one."""
+        One whose buffer stayed small goes back to the pool while it is not full."""
         unpacker = self._unpacker
         self._unpacker = None
-        if self._small and self._parsers is not None:
-            self._parsers.give(self.max_frame_size, unpacker)
+        spares = self._spares
+        if self._small and spares is not None and len(spares) < self._spare_limit:
+            spares.append(unpacker)
 
     def _too_large(self) -> FrameTooLarge:
         pending = self._pending

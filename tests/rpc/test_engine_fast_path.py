@@ -199,11 +199,18 @@ def test_a_parser_pool_is_bounded_and_keeps_no_grown_parser() -> None:
         dec.feed(stop(1)[3:])
         assert dec.pull(out, True) is None
     assert pool.idle(decoders[0].max_frame_size) == 2  # the other two were dropped
-    big = RequestDecoder(body_decoders=BODY_DECODERS, parsers=ParserPool())
+    roomy = ParserPool()
+    big = RequestDecoder(body_decoders=BODY_DECODERS, parsers=roomy)
     payload = frame("event", 1, {"Name": "x", "Payload": b"p" * (SPARE_BUFFER + 1)})
     big.feed(payload)
     assert [r.command for r in pull_all(big, out)] == ["event"]
-    assert big._parsers is not None and big._parsers.idle(big.max_frame_size) == 0
+    assert big._unpacker is None  # let go, and not kept: its buffer grew
+    assert roomy.idle(big.max_frame_size) == 0
+    kept = RequestDecoder(body_decoders=BODY_DECODERS, parsers=roomy, keep_parser=True)
+    kept.feed(payload)
+    assert [r.command for r in pull_all(kept, out)] == ["event"]
+    kept.release_idle()
+    assert kept._unpacker is None and roomy.idle(kept.max_frame_size) == 0
     with pytest.raises(ValueError):
         ParserPool(limit=-1)
 
