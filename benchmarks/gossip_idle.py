@@ -179,8 +179,7 @@ def start_agent(kind: str, name: str, *, client: bool) -> Node:
     ]
     if client:
         argv.append("--client")
-    if kind != servers.BASELINE:
-        argv.extend(servers.NO_HTTP_NO_DNS_FLAGS)
+    argv.extend(servers.faces_off_flags(kind))
     process = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,

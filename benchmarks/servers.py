@@ -43,11 +43,11 @@ PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 SERVERS: Final = ("agentrpc", "serf")
 BASELINE: Final = "baseline"
+"""agentrpc at an older revision (``run.py --baseline REV``), measured cell by cell beside
+the current one."""
 NO_HTTP_NO_DNS_FLAGS: Final = ("--http-addr", "", "--dns-addr", "")
 """Today's agent serves HTTP on 8500 and DNS on 8600 by default: off for benchmarked agents
 (several run at once); a baseline revision may predate the flags (and had both off)."""
-"""agentrpc at an older revision (``run.py --baseline REV``), measured cell by cell beside
-the current one."""
 BARE_STREAMS: Final = "trio-streams"
 BARE_RAW: Final = "trio-raw"
 BARE_TRIO: Final = (BARE_STREAMS, BARE_RAW)
@@ -184,6 +184,15 @@ def server_root(name: str) -> Path:
     return source_root()
 
 
+def faces_off_flags(name: str) -> tuple[str, ...]:
+    """:data:`NO_HTTP_NO_DNS_FLAGS` for agentrpc at ``name``'s revision when its CLI knows
+    them (a revision before the HTTP API and DNS had neither, nor their flags)."""
+    serve = server_root(name) / "agentrpc" / "cli" / "serve_command.py"  # as installed
+    if name != BASELINE or (serve.exists() and "--http-addr" in serve.read_text()):
+        return NO_HTTP_NO_DNS_FLAGS
+    return ()
+
+
 def serf_binary() -> str | None:
     return shutil.which("serf")
 
@@ -261,7 +270,7 @@ def command_for(name: str, rpc_port: int) -> list[str]:
             "warn",
             "--config-file",
             agent_config_file(),
-            *(NO_HTTP_NO_DNS_FLAGS if name == "agentrpc" else ()),
+            *faces_off_flags(name),
         ]
     if name == "serf":
         serf = serf_binary()

@@ -81,3 +81,14 @@ def test_a_baseline_revision_runs_beside_this_tree(tmp_path: Path) -> None:
     assert ratios and all(row["baseline_ratio"] > 0 for row in ratios)
     report.write_all(results, tmp_path, plot=False)
     assert f"## Against the baseline revision {commit[:12]}" in (tmp_path / "report.md").read_text()
+
+
+def test_a_baseline_with_the_http_and_dns_flags_gets_them_turned_off() -> None:
+    from benchmarks import servers
+
+    servers.prepare_baseline("HEAD")
+    # Several baseline agents run at once: on the default HTTP and DNS ports they would collide.
+    assert servers.faces_off_flags(servers.BASELINE) == servers.NO_HTTP_NO_DNS_FLAGS
+    assert servers.faces_off_flags("agentrpc") == servers.NO_HTTP_NO_DNS_FLAGS
+    command = servers.command_for(servers.BASELINE, 8400)
+    assert command[-4:] == list(servers.NO_HTTP_NO_DNS_FLAGS)
