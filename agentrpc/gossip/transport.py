@@ -25,6 +25,7 @@ from typing import Final
 import trio
 
 from agentrpc.gossip.contract import GossipAddress
+from agentrpc.transports.fastpath import READS_BEFORE_YIELD, DatagramPath
 from agentrpc.transports.memory import memory_stream_pair
 
 __all__ = [
@@ -66,10 +67,16 @@ def _gossip_address(sockaddr: object) -> GossipAddress:
 
 
 class UdpPacketConnection:
-    """The UDP side of :class:`UdpTcpTransport`."""
+    """The UDP side of :class:`UdpTcpTransport`: ``sock`` (a trio socket, which owns the
+    descriptor) over ``raw``, the stdlib socket under it, read and written directly
+    (:class:`~agentrpc.transports.fastpath.DatagramPath`: no pass through the scheduler
+    per packet while the kernel is ready)."""
 
-    def __init__(self, sock: trio.socket.SocketType, local: GossipAddress) -> None:
+    def __init__(
+        self, sock: trio.socket.SocketType, raw: socket.socket, local: GossipAddress
+    ) -> None:
         self._sock = sock
+        self._path = DatagramPath(raw)
         self._local = local
         self.send_errors = 0
         """Datagrams the kernel refused (they count as lost)."""
@@ -80,18 +87,21 @@ class UdpPacketConnection:
 
     async def send_to(self, data: bytes, address: GossipAddress) -> None:
         try:
-            await self._sock.sendto(data, (address.host, address.port))
+            await self._path.send_to(data, address.host, address.port)
         except OSError:
             self.send_errors += 1
 
     async def receive_from(self) -> tuple[bytes, GossipAddress]:
+        receive = self._path.receive_from
         while True:
-            try:
-                data, sockaddr = await self._sock.recvfrom(PACKET_RECEIVE_SIZE)
-            except ConnectionError:
-                # ICMP errors reported on some platforms: nothing to do with this read.
-                continue
-            return data, _gossip_address(sockaddr)
+            for _ in range(READS_BEFORE_YIELD):
+                try:
+                    data, sockaddr = await receive(PACKET_RECEIVE_SIZE)
+                except ConnectionError:
+                    # ICMP errors reported on some platforms: nothing to do with this read.
+                    continue
+                return data, _gossip_address(sockaddr)
+            await trio.lowlevel.checkpoint()  # a run of errors: let the others run
 
     def close(self) -> None:
         self._sock.close()
@@ -127,7 +137,8 @@ class UdpTcpTransport:
         family = _family(address.host)
         attempts = _BIND_ATTEMPTS if address.port == 0 else 1
         for attempt in range(attempts):
-            udp = trio.socket.socket(family, socket.SOCK_DGRAM)
+            raw = socket.socket(family, socket.SOCK_DGRAM)
+            udp = trio.socket.from_stdlib_socket(raw)  # non-blocking now; it owns raw
             tcp: trio.socket.SocketType | None = None
             try:
                 await udp.bind((address.host, address.port))
@@ -151,7 +162,10 @@ class UdpTcpTransport:
             with contextlib.suppress(OSError):  # a smaller buffer still works
                 udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._udp_receive_buffer)
             local = GossipAddress(address.host, port)
-            return UdpPacketConnection(udp, local), TcpStreamListener(trio.SocketListener(tcp))
+            return (
+                UdpPacketConnection(udp, raw, local),
+                TcpStreamListener(trio.SocketListener(tcp)),
+            )
         raise OSError(errno.EADDRINUSE, "no port was free for both UDP and TCP")
 
     async def dial(self, address: GossipAddress) -> trio.abc.Stream:
