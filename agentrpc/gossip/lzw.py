@@ -12,6 +12,7 @@ follows Go's reader, including the deferred clear: once the table is full it kee
 from __future__ import annotations
 
 import itertools
+from typing import overload
 
 from agentrpc.gossip.messages import GossipDecodeError
 
@@ -34,9 +35,21 @@ class LzwOutputTooLarge(LzwDecodeError):
     """The data decompresses to more than the allowed size."""
 
 
-def compress(data: bytes | bytearray | memoryview) -> bytes:
-    """Compress ``data`` exactly as Go's ``lzw.NewWriter(w, lzw.LSB, 8)`` does."""
+@overload
+def compress(data: bytes | bytearray | memoryview) -> bytes: ...
+@overload
+def compress(data: bytes | bytearray | memoryview, give_up_at: int) -> bytes | None: ...
+
+
+def compress(data: bytes | bytearray | memoryview, give_up_at: int | None = None) -> bytes | None:
+    """Compress ``data`` exactly as Go's ``lzw.NewWriter(w, lzw.LSB, 8)`` does.
+
+    With ``give_up_at``, None as soon as the output is sure to be at least that many bytes
+    (a caller that keeps only a smaller result need not finish): after each code written,
+    the code pending and the end code still to come add at least 18 bits, three bytes.
+    """
     out = bytearray()
+    give_up = (1 << 62) if give_up_at is None else give_up_at - 3
     # Go writes a clear code before anything else (also for empty input).
     bits = _CLEAR_CODE
     n_bits = _FIRST_WIDTH
@@ -80,6 +93,8 @@ def compress(data: bytes | bytearray | memoryview) -> bytes:
                 n_bits -= 8
             if literal < 0:
                 break
+            if len(out) >= give_up:
+                return None
     bits |= _EOF_CODE << n_bits
     n_bits += width
     while n_bits > 0:

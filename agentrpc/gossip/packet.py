@@ -16,6 +16,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from agentrpc.gossip import lzw
 from agentrpc.gossip.messages import (
@@ -189,8 +190,27 @@ def strip_crc(packet: bytes) -> tuple[bytes, bool]:
 
 def compress_message(message: bytes) -> bytes:
     """``[9]`` + msgpack ``compress{Algo: 0, Buf: lzw(message)}``."""
-    body = encode_body(Compress(algo=CompressionAlgo.LZW, buf=lzw.compress(message)))
+    return _compressed(lzw.compress(message))
+
+
+def _compressed(buf: bytes) -> bytes:
+    body = encode_body(Compress(algo=CompressionAlgo.LZW, buf=buf))
     return bytes((MessageType.COMPRESS,)) + body
+
+
+_COMPRESS_OVERHEAD: Final = len(_compressed(b""))
+"""Bytes a compress message adds to its LZW data at the least (the type, the map, an empty
+``Buf``); longer data only makes the header longer."""
+
+
+def compress_if_smaller(message: bytes) -> bytes | None:
+    """:func:`compress_message` when it is shorter than ``message``, else None; the LZW
+    stops as soon as it cannot be (most pings and acks)."""
+    buf = lzw.compress(message, give_up_at=len(message) - _COMPRESS_OVERHEAD)
+    if buf is None:
+        return None
+    compressed = _compressed(buf)
+    return compressed if len(compressed) < len(message) else None
 
 
 def decompress_body(body: bytes, *, max_size: int = MAX_DECOMPRESSED_BYTES) -> bytes:
@@ -362,9 +382,7 @@ def encode_packet(
     """
     payload = message
     if compress:
-        compressed = compress_message(message)
-        if len(compressed) < len(payload):
-            payload = compressed
+        payload = compress_if_smaller(message) or message
     if crc:
         payload = add_crc(payload)
     if keyring is not None:

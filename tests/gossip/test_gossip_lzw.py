@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agentrpc.gossip import lzw
+from agentrpc.gossip import lzw, packet
 from agentrpc.gossip.messages import MAX_DECOMPRESSED_BYTES, Compress, decode_body
 
 CLEAR, EOF = 256, 257
@@ -128,6 +128,46 @@ def test_round_trip_across_table_resets(size: int) -> None:
     assert lzw.decompress(lzw.compress(data), size) == data
     zeros = bytes(size * 50)
     assert lzw.decompress(lzw.compress(zeros), len(zeros)) == zeros
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=600),
+        st.lists(st.sampled_from([b"a", b"b", b"ab", b"node-", b"\x00"]), max_size=300).map(
+            b"".join
+        ),
+    ),
+    st.integers(min_value=-5, max_value=700),
+)
+def test_giving_up_only_when_the_output_reaches_the_limit(data: bytes, limit: int) -> None:
+    full = lzw.compress(data)
+    assert lzw.compress(data, give_up_at=len(full) + 1) == full  # the tightest that fits
+    bounded = lzw.compress(data, give_up_at=limit)
+    if len(full) < limit:
+        assert bounded == full  # never gives up on an output that would fit
+    else:
+        assert bounded in (None, full)
+
+
+def test_incompressible_data_is_given_up_early() -> None:
+    data = random.Random(7).randbytes(200)
+    assert len(lzw.compress(data)) > len(data)
+    assert lzw.compress(data, give_up_at=len(data)) is None
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=400),
+        st.lists(st.sampled_from([b"a", b"b", b"ab", b"node-", b"\x00"]), max_size=300).map(
+            b"".join
+        ),
+    )
+)
+def test_packets_compress_exactly_when_it_makes_them_smaller(message: bytes) -> None:
+    compressed = packet.compress_message(message)
+    expected = compressed if len(compressed) < len(message) else None
+    assert packet.compress_if_smaller(message) == expected
+    assert packet.encode_packet(message) == (expected or message)
 
 
 def test_deferred_clear_keeps_decoding_without_new_entries() -> None:
