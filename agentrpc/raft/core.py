@@ -544,7 +544,11 @@ class RaftNode:
         elif self._state == NodeState.CANDIDATE:
             times.append(self._election_at)
         elif self._state == NodeState.LEADER:
-            times.append(self._lease_at)
+            # The lease of the only voter cannot fail (it contacts a quorum of one by itself):
+            # an idle single-server leader sets no timer for it. A peer added later makes the
+            # check due at once (its contact counts from its start).
+            if self._peers or not self._configs.latest.has_vote(self._id):
+                times.append(self._lease_at)
             if self._transfer is not None:
                 times.append(self._transfer.deadline)
             commit = self._commit

@@ -383,6 +383,26 @@ def test_leader_keeps_its_lease_while_followers_answer() -> None:
     assert h.node.is_leader
 
 
+def test_a_single_server_leader_sets_no_lease_timer_until_it_has_a_peer() -> None:
+    h = follower("n1")
+    h.run_timers(3.0)
+    assert h.node.is_leader
+    lease = h.config.leader_lease_timeout
+    # Idle, alone: nothing is due before the snapshot check (Go ticks the lease every 500 ms).
+    deadline = h.node.next_deadline()
+    assert deadline is not None and deadline > h.now + 10 * lease
+    h.run_timers(h.now + 60)
+    assert h.node.is_leader
+    h.node.add_voter(h.now, "n2", address("n2"))
+    h.pump()
+    # With a peer the lease is checked again at once and then every lease timeout, and a
+    # silent peer costs the leadership as it always did.
+    deadline = h.node.next_deadline()
+    assert deadline is not None and deadline <= h.now + lease
+    h.run_timers(h.now + 2 * lease)
+    assert h.node.state == NodeState.FOLLOWER
+
+
 def test_proposals_off_the_leader_are_refused() -> None:
     h = follower()
     with pytest.raises(RaftError, match=ERR_NOT_LEADER):
