@@ -92,6 +92,13 @@ def _nothing_now(max_bytes: int) -> None:
     return None
 
 
+def _closed_or(exc: OSError) -> OSError | trio.ClosedResourceError:
+    """EBADF means our socket was closed: trio's error for that; any other stays as it is."""
+    if exc.errno == errno.EBADF:
+        return trio.ClosedResourceError("the socket was closed")
+    return exc
+
+
 def _stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
     if exc.errno == errno.EBADF:
         return trio.ClosedResourceError("the socket was closed")
@@ -213,9 +220,7 @@ class DatagramPath:
                 await self._wait(trio.lowlevel.wait_writable)
                 continue
             except OSError as exc:
-                if exc.errno == errno.EBADF:
-                    raise trio.ClosedResourceError("the socket was closed") from None
-                raise
+                raise _closed_or(exc) from None
             return
 
     async def receive_from(self, max_bytes: int) -> tuple[bytes, Any]:
@@ -234,9 +239,7 @@ class DatagramPath:
                 await self._wait(trio.lowlevel.wait_readable)
                 continue
             except OSError as exc:
-                if exc.errno == errno.EBADF:
-                    raise trio.ClosedResourceError("the socket was closed") from None
-                raise
+                raise _closed_or(exc) from None
             self._streak += 1
             return received
 
